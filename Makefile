@@ -1,0 +1,51 @@
+# Two entry points for a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+BIN := $(VENV)/bin
+
+.PHONY: demo test lint typecheck pytest docs bench bench-quick clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet -e '.[demo]'
+	touch $@
+
+$(VENV)/.installed-dev: pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet -e '.[dev,docs]'
+	touch $@ $(VENV)/.installed
+
+## Run the quick-start demo: a real prefork worker and a producer on Celery's
+## filesystem:// broker and file:// result backend (no server needed).
+demo: $(VENV)/.installed
+	$(PY) examples/quickstart.py
+
+## Lint, type-check, run every test (integration tests need Redis and RabbitMQ), build the docs.
+test: $(VENV)/.installed-dev lint typecheck pytest docs
+
+lint: $(VENV)/.installed-dev
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(VENV)/.installed-dev
+	$(BIN)/mypy
+
+pytest: $(VENV)/.installed-dev
+	$(PY) -m pytest
+
+docs: $(VENV)/.installed-dev
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
+
+## Side-by-side benchmarks (needs Redis and RabbitMQ); writes results/latest.json and docs/performance.md.
+bench: $(VENV)/.installed-dev
+	$(PY) benchmarks/run.py --output benchmarks/results/latest.json --docs docs/performance.md
+
+## A small run that keeps the harness from rotting (CI); writes nothing into the repository.
+bench-quick: $(VENV)/.installed-dev
+	$(PY) benchmarks/run.py --quick --output $${TMPDIR:-/tmp}/celery-kit-bench-quick.json
+
+clean:
+	rm -rf $(VENV) site .pytest_cache .mypy_cache .ruff_cache

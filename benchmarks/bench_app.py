@@ -1,0 +1,105 @@
+"""The four variants under comparison, as Celery apps built from a name.
+
+Every variant runs the same task body on the same 3-field email payload (and a heavier
+50-item payload): it counts its completion in Redis, so end-to-end runs are counted from
+the worker side, with results ignored.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import redis
+from celery import Celery
+from pydantic import BaseModel
+
+from celery_kit import instrument, validated_task
+
+VARIANTS = ("plain", "pydantic", "kit", "kit_full")
+
+
+class Email(BaseModel):
+    to: str
+    subject: str
+    body: str
+
+
+class Item(BaseModel):
+    sku: str
+    quantity: int
+    price: float
+
+
+class Order(BaseModel):
+    order_id: int
+    items: list[Item]
+
+
+def build(variant: str, broker_url: str, queue: str, counter_url: str | None, counter_key: str) -> Celery:
+    app = Celery(f"bench_{variant}", broker=broker_url, set_as_current=False)
+    app.conf.update(
+        task_default_queue=queue,
+        task_ignore_result=True,
+        worker_prefetch_multiplier=4,
+        task_soft_time_limit=60,
+        task_time_limit=120,
+        broker_connection_retry_on_startup=True,
+        worker_hijack_root_logger=False,
+    )
+    counter = redis.Redis.from_url(counter_url) if counter_url else None
+
+    def done() -> None:
+        if counter is not None:
+            counter.incr(counter_key)
+
+    if variant == "plain":
+
+        @app.task(name="bench.send", shared=False)  # type: ignore[untyped-decorator]
+        def send(to: str, subject: str, body: str) -> None:
+            done()
+
+        @app.task(name="bench.order", shared=False)  # type: ignore[untyped-decorator]
+        def order(order_id: int, items: list[dict[str, Any]]) -> None:
+            done()
+
+    elif variant == "pydantic":
+
+        @app.task(name="bench.send", shared=False, pydantic=True)  # type: ignore[untyped-decorator]
+        def send(payload: Email) -> None:
+            done()
+
+        @app.task(name="bench.order", shared=False, pydantic=True)  # type: ignore[untyped-decorator]
+        def order(payload: Order) -> None:
+            done()
+
+    else:
+        if variant == "kit_full":
+            instrument(app, json_logs=True, metrics_port=int(os.environ.get("BENCH_METRICS_PORT", "0")))
+
+        @validated_task(app, name="bench.send", shared=False)
+        def send(payload: Email) -> None:
+            done()
+
+        @validated_task(app, name="bench.order", shared=False)
+        def order(payload: Order) -> None:
+            done()
+
+    return app
+
+
+def devnull_logging() -> None:
+    """In-process runs of ``kit_full`` log every event: measure that, but not the terminal."""
+    from celery_kit.logging import configure_logging
+
+    configure_logging(json=True, stream=open(os.devnull, "w"))  # noqa: SIM115 -- lives with the process
+
+
+if "BENCH_VARIANT" in os.environ:  # imported by a worker process
+    app = build(
+        os.environ["BENCH_VARIANT"],
+        os.environ["BENCH_BROKER_URL"],
+        os.environ["BENCH_QUEUE"],
+        os.environ["BENCH_COUNTER_URL"],
+        os.environ["BENCH_COUNTER_KEY"],
+    )

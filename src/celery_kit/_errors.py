@@ -1,0 +1,101 @@
+"""The errors celery_kit raises, as one small tree users can catch.
+
+::
+
+    CeleryKitError                 base of everything below
+    ├── PayloadValidationError     a worker received a payload that does not fit the task's schema
+    ├── PayloadTooLargeError       the caller tried to publish a payload above the size cap
+    ├── PermanentError             raised by task code: fail now, never retry
+    └── ConfigurationError         a task, preset or setting is wrong; raised at import or
+                                   worker start, never in the middle of the night
+
+An invalid payload in the *caller* stays :class:`pydantic.ValidationError`, untouched, so
+handlers users already have keep working. Every message says what to do next.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "CeleryKitError",
+    "ConfigurationError",
+    "PayloadTooLargeError",
+    "PayloadValidationError",
+    "PermanentError",
+]
+
+
+class CeleryKitError(Exception):
+    """Base class of every error celery_kit raises on purpose."""
+
+
+class ConfigurationError(CeleryKitError, ValueError):
+    """A task, preset or setting is misconfigured; the message names the fix."""
+
+
+class PermanentError(CeleryKitError):
+    """Raise it in a task to fail now: it is never retried, whatever the retry policy says.
+
+    Use it for errors that another attempt cannot fix (a deleted record, a refused
+    recipient). The original cause can be chained with ``raise PermanentError(...) from exc``.
+    """
+
+
+class PayloadTooLargeError(CeleryKitError, ValueError):
+    """The serialised payload is larger than ``celery_kit_max_payload_bytes``.
+
+    Large objects in task arguments slow every broker hop and every retry; pass a
+    reference (an object-store key, a database id) and load the data in the task.
+    """
+
+    def __init__(self, task_name: str, size: int, limit: int) -> None:
+        self.task_name = task_name
+        self.size = size
+        self.limit = limit
+        super().__init__(task_name, size, limit)
+
+    def __str__(self) -> str:
+        return (
+            f"payload of task {self.task_name!r} is {self.size} bytes once serialised, "
+            f"above the {self.limit}-byte cap (celery_kit_max_payload_bytes). Pass a "
+            "reference instead (an object-store key or a database id) and load the data "
+            "inside the task, or raise the cap if this size is really intended."
+        )
+
+
+class PayloadValidationError(CeleryKitError):
+    """A worker received a payload that does not fit the task's schema.
+
+    The task fails at once, its message is acknowledged and it is never retried: the
+    same bytes would fail the same way. The exception survives a JSON result backend:
+    ``AsyncResult.get()`` re-raises it with :attr:`errors`, pydantic's error list
+    (``loc``, ``msg``, ``type``; input values are left out so secrets never reach the
+    backend).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        errors: list[dict[str, Any]] | None = None,
+        task_name: str | None = None,
+    ) -> None:
+        self.message = message
+        self.errors: list[dict[str, Any]] = list(errors or [])
+        self.task_name = task_name
+        # args must be exactly the constructor's arguments: Celery's JSON result backend
+        # stores ``exc.args`` and rebuilds the exception with ``cls(*args)``.
+        super().__init__(message, self.errors, task_name)
+
+    def __str__(self) -> str:
+        return self.message
+
+
+for _cls in (
+    CeleryKitError,
+    ConfigurationError,
+    PermanentError,
+    PayloadTooLargeError,
+    PayloadValidationError,
+):
+    _cls.__module__ = "celery_kit"

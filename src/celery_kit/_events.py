@@ -1,0 +1,209 @@
+"""One event path: the task class classifies a failure once and observers read it.
+
+The task class decides retries and classifies errors; it does not log, count or alert.
+Celery's signals are bridged (``_bridge.py``) into :class:`TaskEvent` objects, enriched
+with that classification, and each observer (logging, metrics, alerts, health -- one
+module each) subscribes to the app's :class:`Dispatcher` and knows nothing of the
+others. An observer that raises is logged and skipped: it can never change a task's
+outcome.
+
+Per attempt a worker emits ``STARTED`` and then exactly one of ``SUCCEEDED``,
+``RETRYING``, ``FAILED``, ``REJECTED``, ``IGNORED`` (from the process that ran it), or,
+when the pool process died or was killed at the hard time limit, ``FAILED`` from the
+worker's main process. ``REVOKED`` comes from the main process. Producers emit
+``PUBLISHED``, and ``REFUSED`` when caller-side validation refuses a payload.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import enum
+import logging
+import threading
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded, WorkerLostError
+
+from ._errors import PayloadValidationError
+
+__all__ = [
+    "Classification",
+    "Dispatcher",
+    "EventType",
+    "FailureKind",
+    "Observer",
+    "TaskEvent",
+    "classify",
+    "dispatcher_for",
+]
+
+logger = logging.getLogger("celery_kit")
+
+
+class FailureKind(str, enum.Enum):
+    """Why a task attempt failed; every observer reads this one classification."""
+
+    INVALID_PAYLOAD = "invalid_payload"
+    PERMANENT = "permanent"
+    TRANSIENT = "transient"
+    TIMEOUT = "timeout"
+    WORKER_LOST = "worker_lost"
+
+
+class EventType(str, enum.Enum):
+    PUBLISHED = "published"
+    REFUSED = "refused"
+    STARTED = "started"
+    SUCCEEDED = "succeeded"
+    RETRYING = "retrying"
+    FAILED = "failed"
+    REJECTED = "rejected"
+    IGNORED = "ignored"
+    REVOKED = "revoked"
+
+
+#: Events that end an attempt.
+FINISHED = frozenset(
+    {
+        EventType.SUCCEEDED,
+        EventType.RETRYING,
+        EventType.FAILED,
+        EventType.REJECTED,
+        EventType.IGNORED,
+        EventType.REVOKED,
+    }
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Classification:
+    """What a kit task decided about a failed attempt, kept on the request."""
+
+    kind: FailureKind
+    final: bool
+    reason: str
+    delay: float | None = None
+    #: For timeouts: ``"soft"`` or ``"hard"``.
+    timeout: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TaskEvent:
+    """A classified task lifecycle event.
+
+    ``final`` is true exactly once per failed task: when no further attempt will follow
+    (retries exhausted, deadline passed, or an error that is never retried).
+    """
+
+    type: EventType
+    task_name: str
+    task_id: str | None
+    kind: FailureKind | None = None
+    final: bool = False
+    exception: BaseException | None = None
+    retries: int = 0
+    #: ``"retries exhausted"``, ``"deadline"``, ``"not retriable"``, ``"soft time limit"`` ...
+    reason: str = ""
+    #: Seconds until the next attempt, for ``RETRYING`` events.
+    delay: float | None = None
+    #: The queue (routing key) the message came from or was sent to.
+    queue: str | None = None
+    #: Seconds the attempt ran, for events that end an attempt.
+    duration: float | None = None
+    #: Seconds the message waited in the queue (ETA/countdown excluded), for ``STARTED``.
+    queue_wait: float | None = None
+    #: ``"soft"`` or ``"hard"`` for timeouts; ``"caller"`` or ``"worker"`` for refused payloads.
+    detail: str | None = None
+    #: The Celery request context (headers, root id, hostname ...), when there is one.
+    request: Any = field(default=None, repr=False, compare=False)
+    #: The task object, when there is one.
+    task: Any = field(default=None, repr=False, compare=False)
+
+    @property
+    def finished(self) -> bool:
+        """Whether this event ends an attempt."""
+        return self.type in FINISHED
+
+
+Observer = Callable[[TaskEvent], None]
+
+
+def classify(exc: BaseException) -> FailureKind:
+    """Classify an exception that did not pass through a kit task's own decision.
+
+    Used for failures seen from outside the task body: hard time limits and lost
+    pool processes reported by the worker's main process, and plain Celery tasks.
+    """
+    if isinstance(exc, PayloadValidationError):
+        return FailureKind.INVALID_PAYLOAD
+    if isinstance(exc, (SoftTimeLimitExceeded, TimeLimitExceeded)):
+        return FailureKind.TIMEOUT
+    if isinstance(exc, WorkerLostError):
+        return FailureKind.WORKER_LOST
+    return FailureKind.PERMANENT
+
+
+class Dispatcher:
+    """Fans task events out to the observers subscribed for one app."""
+
+    def __init__(self) -> None:
+        self._observers: tuple[Observer, ...] = ()
+        self._lock = threading.Lock()
+
+    @property
+    def observers(self) -> tuple[Observer, ...]:
+        return self._observers
+
+    def subscribe(self, observer: Observer) -> Observer:
+        """Add ``observer`` (idempotent); returns it, so it works as a decorator."""
+        with self._lock:
+            if observer not in self._observers:
+                self._observers = (*self._observers, observer)
+        return observer
+
+    def unsubscribe(self, observer: Observer) -> None:
+        with self._lock:
+            self._observers = tuple(o for o in self._observers if o is not observer)
+
+    def emit(self, event: TaskEvent) -> None:
+        for observer in self._observers:
+            try:
+                observer(event)
+            except Exception:
+                logger.exception(
+                    "celery_kit observer %r failed on %s event of task %s[%s]",
+                    observer,
+                    event.type.value,
+                    event.task_name,
+                    event.task_id,
+                )
+
+
+#: The app a kit task is publishing through, for the publish signals (which name no app).
+publishing_app: contextvars.ContextVar[Any] = contextvars.ContextVar(
+    "celery_kit_publishing_app", default=None
+)
+
+_dispatchers_lock = threading.Lock()
+_known_apps: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+def known_apps() -> list[Any]:
+    """Apps that have a dispatcher (weakly held)."""
+    return list(_known_apps)
+
+
+def dispatcher_for(app: Any) -> Dispatcher:
+    """The dispatcher of ``app``, created on first use."""
+    dispatcher: Dispatcher | None = getattr(app, "_celery_kit_dispatcher", None)
+    if dispatcher is None:
+        with _dispatchers_lock:
+            dispatcher = getattr(app, "_celery_kit_dispatcher", None)
+            if dispatcher is None:
+                dispatcher = Dispatcher()
+                app._celery_kit_dispatcher = dispatcher
+                _known_apps.add(app)
+    return dispatcher

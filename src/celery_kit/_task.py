@@ -1,0 +1,473 @@
+"""``ValidatedTask`` and ``@validated_task``: validated payloads, retries, timeout cleanup.
+
+Where each behaviour hooks into Celery, and why:
+
+* **caller side** -- :meth:`ValidatedTask.apply_async` (which ``delay()``, signatures,
+  chains and groups all reach) validates and dumps the payload to plain JSON before
+  Celery builds a message; :meth:`ValidatedTask.apply` validates before running.
+* **worker side** -- the task's ``run`` is wrapped once, when the task class is
+  created. Celery's tracer calls ``task.run`` directly (it skips ``__call__`` unless a
+  class overrides it), so the wrapper is the cheapest place that sees every execution.
+  It validates the message's arguments, calls the function, dumps a returned model,
+  and decides what a failure means: retry (with a tenacity delay), or a final failure
+  reported once to the app's observers.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import math
+import time
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar, NoReturn, TypeVar, overload
+
+import celery
+from celery import shared_task, signals
+from celery.exceptions import Ignore, Reject, Retry, SoftTimeLimitExceeded
+from pydantic import BaseModel, ValidationError
+from tenacity import wait_fixed
+
+from . import _bridge  # noqa: F401  -- tasks and instrument need the signal receivers
+from ._errors import ConfigurationError, PayloadTooLargeError, PayloadValidationError, PermanentError
+from ._events import Classification, EventType, FailureKind, TaskEvent, dispatcher_for, publishing_app
+from ._payload import PayloadSchema, payload_validation_error
+from ._pools import pool_name
+from ._retry import RetryPolicy
+
+__all__ = [
+    "DEFAULT_MAX_PAYLOAD_BYTES",
+    "FIRST_ATTEMPT_HEADER",
+    "MAX_PAYLOAD_SETTING",
+    "ValidatedTask",
+    "validated_task",
+]
+
+logger = logging.getLogger("celery_kit")
+
+#: Message header carrying the wall-clock time of a task's first attempt, so a retry
+#: deadline holds across retries and hosts.
+FIRST_ATTEMPT_HEADER = "celery_kit_first_attempt"
+#: App setting (``app.conf``) capping the serialised payload size, in bytes; 0 disables.
+MAX_PAYLOAD_SETTING = "celery_kit_max_payload_bytes"
+DEFAULT_MAX_PAYLOAD_BYTES = 256 * 1024
+
+_CONTROL_FLOW = (Retry, Ignore, Reject)
+_warned_without_limits: set[str] = set()
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _wrap_run(fun: Callable[..., Any], bound: bool, schema: PayloadSchema) -> Callable[..., Any]:
+    """Build the ``run`` Celery executes: validate, call, dump, decide on failure."""
+
+    def run(self: ValidatedTask, *args: Any, **kwargs: Any) -> Any:
+        request = self.request
+        try:
+            call = schema.validate(args, kwargs)
+        except ValidationError as exc:
+            if request.called_directly:
+                raise
+            self._reject_payload(exc, request)
+        if self._keep_payload:
+            request._celery_kit_payload = call.payload
+        started = time.time()
+        try:
+            result = fun(self, *call.args, **call.kwargs) if bound else fun(*call.args, **call.kwargs)
+        except _CONTROL_FLOW:
+            raise
+        except Exception as exc:
+            if request.called_directly:
+                raise
+            self._handle_failure(exc, request, call.payload, started)
+        return schema.dump_result(result)
+
+    run.__name__ = getattr(fun, "__name__", "run")
+    run.__qualname__ = getattr(fun, "__qualname__", "run")
+    run.__doc__ = fun.__doc__
+    run.__module__ = fun.__module__
+    run._celery_kit_run = True  # type: ignore[attr-defined]
+    return run
+
+
+def _chain_payload_error(exc: ValidationError, task_name: str) -> PayloadValidationError:
+    error = payload_validation_error(exc, task_name)
+    error.message = (
+        f"the previous task's result does not fit the signature of {task_name!r}, the next "
+        f"step of its chain or its callback: {error.message}"
+    )
+    error.args = (error.message, error.errors, task_name)
+    return error
+
+
+def _hook_arity(hook: Callable[..., Any]) -> int:
+    """How many positional arguments a cleanup hook takes: 1 (payload) or 2 (+ request)."""
+    try:
+        params = inspect.signature(hook).parameters.values()
+    except (TypeError, ValueError):
+        return 1
+    if any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in params):
+        return 2
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return 2 if len(positional) >= 2 else 1
+
+
+class ValidatedTask(celery.Task):  # type: ignore[misc]
+    """A Celery task whose function signature is its payload schema.
+
+    Use it as ``@app.task(base=ValidatedTask)``, through :func:`validated_task`, or by
+    subclassing and defining ``run``. Options it adds to Celery's:
+
+    * ``retry_policy`` (or ``retry=`` with the decorators): a
+      :class:`~celery_kit.RetryPolicy`. Celery's ``autoretry_for``/``retry_backoff``
+      options are translated into one, so validation errors are never auto-retried.
+    * ``max_payload_bytes``: this task's payload cap, overriding the app setting
+      ``celery_kit_max_payload_bytes`` (256 KiB by default; 0 disables the cap).
+    """
+
+    #: Reports hard time limits on every supported Celery version (see ``_request.py``).
+    Request = "celery_kit._request:KitRequest"
+    retry_policy: ClassVar[RetryPolicy | None] = None
+    #: Log the validated payload (secrets masked) with the task's lifecycle lines.
+    log_payload: ClassVar[bool] = False
+    #: Include the validated payload (secrets and password-like fields masked) in alerts.
+    alert_payload: ClassVar[bool] = False
+    _keep_payload: ClassVar[bool] = False
+    max_payload_bytes: ClassVar[int | None] = None
+    #: The compiled schema of ``run``; ``None`` on abstract classes without ``run``.
+    payload_schema: ClassVar[PayloadSchema | None] = None
+    _soft_timeout_hooks: ClassVar[list[tuple[Callable[..., Any], int]]] = []
+    _payload_limit: ClassVar[int] = DEFAULT_MAX_PAYLOAD_BYTES
+
+    # -- class creation ---------------------------------------------------------------------
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls._soft_timeout_hooks = list(cls._soft_timeout_hooks)
+        cls._keep_payload = bool(cls.log_payload or cls.alert_payload)
+        namespace = cls.__dict__
+        if namespace.get("_dump_pydantic_arguments") is not None:
+            raise ConfigurationError(
+                f"task {namespace.get('name')!r}: ValidatedTask already validates its payload "
+                "with pydantic; drop pydantic=True from the task options."
+            )
+        policy = namespace.get("retry")
+        if isinstance(policy, RetryPolicy):
+            # ``retry=`` would shadow Task.retry(); keep the method, store the policy.
+            del cls.retry
+            cls.retry_policy = policy
+        if namespace.get("autoretry_for"):
+            cls.retry_policy = cls._policy_from_autoretry()
+        policy = cls.retry_policy
+        if policy is not None and ("retry_policy" in namespace or "autoretry_for" in namespace):
+            declared = namespace.get("max_retries", policy.max_retries)
+            if declared != policy.max_retries and "autoretry_for" not in namespace:
+                raise ConfigurationError(
+                    f"task {namespace.get('name')!r}: max_retries={declared!r} contradicts its "
+                    f"RetryPolicy(max_retries={policy.max_retries!r}); set it on the policy only."
+                )
+            # Celery's own retry() checks this count too; keep the two in step.
+            cls.max_retries = policy.max_retries
+        run = namespace.get("run")
+        if run is None or getattr(run, "_celery_kit_run", False):
+            return
+        fun, bound = (run.__func__, False) if isinstance(run, staticmethod) else (run, True)
+        name = namespace.get("name") or getattr(fun, "__qualname__", cls.__name__)
+        cls.payload_schema = PayloadSchema(fun, bound=bound, name=name)
+        cls.run = _wrap_run(fun, bound, cls.payload_schema)
+        # Celery's add_autoretry_behaviour() wraps ``run`` unless ``_orig_run`` exists;
+        # retries are this class's job, so it must not.
+        cls._orig_run = cls.run
+
+    @classmethod
+    def _policy_from_autoretry(cls) -> RetryPolicy:
+        namespace = cls.__dict__
+        if isinstance(namespace.get("retry_policy"), RetryPolicy) or isinstance(
+            namespace.get("retry"), RetryPolicy
+        ):
+            raise ConfigurationError(
+                f"task {namespace.get('name')!r}: give either retry=RetryPolicy(...) or "
+                "autoretry_for=..., not both."
+            )
+        backoff = getattr(cls, "retry_backoff", False)
+        return RetryPolicy(
+            retry_on=tuple(namespace["autoretry_for"]),
+            max_retries=cls.max_retries,
+            backoff=float(backoff) if backoff else 1.0,
+            max_backoff=float(getattr(cls, "retry_backoff_max", 600)),
+            jitter=bool(getattr(cls, "retry_jitter", True)),
+            wait=None if backoff else wait_fixed(cls.default_retry_delay),
+        )
+
+    @classmethod
+    def on_bound(cls, app: celery.Celery) -> None:
+        """Check time limits and read the payload cap once, when the task joins an app."""
+        super().on_bound(app)
+        if cls.payload_schema is None:
+            return
+        conf = app.conf
+        cap = cls.max_payload_bytes
+        if cap is None:
+            cap = conf.get(MAX_PAYLOAD_SETTING, DEFAULT_MAX_PAYLOAD_BYTES)
+        cls._payload_limit = int(cap or 0)
+        soft = cls.soft_time_limit if cls.soft_time_limit is not None else conf.task_soft_time_limit
+        hard = cls.time_limit if cls.time_limit is not None else conf.task_time_limit
+        if soft and hard and soft >= hard:
+            raise ConfigurationError(
+                f"task {cls.name!r}: soft_time_limit={soft} must be below time_limit={hard}, "
+                "or the cleanup never gets to run; lower the soft limit."
+            )
+        if not soft and not hard and cls.name not in _warned_without_limits:
+            _warned_without_limits.add(cls.name)
+            logger.warning(
+                "task %s has no soft_time_limit or time_limit (task options or "
+                "task_soft_time_limit/task_time_limit): a hung call will hold a worker "
+                "slot forever. Give it a soft limit for cleanup and a hard limit above it.",
+                cls.name,
+            )
+
+    # -- caller side ------------------------------------------------------------------------
+
+    def apply_async(
+        self,
+        args: tuple[Any, ...] | list[Any] | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+        task_id: str | None = None,
+        producer: Any = None,
+        link: Any = None,
+        link_error: Any = None,
+        shadow: str | None = None,
+        **options: Any,
+    ) -> Any:
+        """Validate and dump the payload, then publish; nothing is sent if it is invalid.
+
+        Raises:
+            pydantic.ValidationError: the payload does not fit the task's signature.
+            PayloadTooLargeError: the JSON payload is above the cap.
+            ConfigurationError: a serializer other than JSON was asked for.
+        """
+        schema = self.payload_schema
+        if schema is not None:
+            serializer = options.get("serializer") or self.serializer
+            if serializer != "json":
+                raise ConfigurationError(
+                    f"task {self.name!r} refuses serializer {serializer!r}: validated "
+                    "payloads travel as JSON only (pickle lets any producer run code on "
+                    "your workers). Use serializer='json' (task_serializer='json')."
+                )
+            try:
+                args, kwargs = schema.to_wire(args, kwargs)
+                schema.check_size(args, kwargs, self._payload_limit)
+            except (ValidationError, PayloadTooLargeError) as exc:
+                self._refused(exc)
+                if isinstance(exc, ValidationError) and "parent_id" in options and "root_id" in options:
+                    # Celery's tracer is dispatching a chain step or callback with the
+                    # previous task's result: fail that task with a readable error.
+                    raise _chain_payload_error(exc, self.name) from None
+                raise
+        token = publishing_app.set(self._get_app())
+        try:
+            return super().apply_async(args, kwargs, task_id, producer, link, link_error, shadow, **options)
+        finally:
+            publishing_app.reset(token)
+
+    def apply(
+        self,
+        args: tuple[Any, ...] | list[Any] | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+        *rest: Any,
+        **options: Any,
+    ) -> Any:
+        """Validate in the caller, then run locally (eagerly), like a worker would."""
+        schema = self.payload_schema
+        if schema is not None:
+            try:
+                call = schema.validate(args or (), kwargs or {})
+            except ValidationError as exc:
+                self._refused(exc)
+                raise
+            args, kwargs = call.args, call.kwargs
+        return super().apply(args, kwargs, *rest, **options)
+
+    def _refused(self, exc: Exception) -> None:
+        """Tell observers the caller's payload was refused (nothing was published)."""
+        dispatcher = dispatcher_for(self.app)
+        if dispatcher.observers:
+            dispatcher.emit(
+                TaskEvent(EventType.REFUSED, self.name, None, exception=exc, detail="caller", task=self)
+            )
+
+    # -- typed results ----------------------------------------------------------------------
+
+    def parse_result(self, value: Any) -> Any:
+        """Rebuild the typed return value (e.g. the result model) from stored JSON data."""
+        if self.payload_schema is None:
+            return value
+        return self.payload_schema.load_result(value)
+
+    def get_result(self, result: Any, **get_options: Any) -> Any:
+        """``result.get(**get_options)``, parsed back into the task's return type."""
+        return self.parse_result(result.get(**get_options))
+
+    # -- soft-timeout cleanup ---------------------------------------------------------------
+
+    @overload
+    def on_soft_timeout(self, payload_or_hook: F) -> F: ...
+    @overload
+    def on_soft_timeout(self, payload_or_hook: Any) -> None: ...
+
+    def on_soft_timeout(self, payload_or_hook: Any) -> Any:
+        """Register a cleanup hook (decorator), or -- overridden -- do the cleanup.
+
+        As a decorator, ``@task.on_soft_timeout`` registers a callable taking the
+        validated payload (and optionally the request). Subclasses may instead override
+        ``on_soft_timeout(self, payload)``. Either runs exactly once when the soft time
+        limit fires; a hook that raises is logged and never hides the timeout.
+        """
+        if callable(payload_or_hook) and not isinstance(payload_or_hook, (BaseModel, Mapping)):
+            type(self)._soft_timeout_hooks.append((payload_or_hook, _hook_arity(payload_or_hook)))
+            return payload_or_hook
+        return None
+
+    def _run_soft_timeout_cleanup(self, payload: Any, request: Any) -> None:
+        if type(self).on_soft_timeout is not ValidatedTask.on_soft_timeout:
+            try:
+                self.on_soft_timeout(payload)
+            except Exception:
+                logger.exception("soft-timeout cleanup of task %s[%s] failed", self.name, request.id)
+        for hook, arity in self._soft_timeout_hooks:
+            try:
+                if arity == 2:
+                    hook(payload, request)
+                else:
+                    hook(payload)
+            except Exception:
+                logger.exception(
+                    "soft-timeout cleanup %s of task %s[%s] failed",
+                    getattr(hook, "__qualname__", hook),
+                    self.name,
+                    request.id,
+                )
+
+    # -- worker side: failures ----------------------------------------------------------------
+
+    def _reject_payload(self, exc: ValidationError, request: Any) -> NoReturn:
+        error = payload_validation_error(exc, self.name)
+        request._celery_kit_outcome = Classification(FailureKind.INVALID_PAYLOAD, True, "invalid payload")
+        raise error from None
+
+    def _handle_failure(self, exc: Exception, request: Any, payload: Any, started: float) -> NoReturn:
+        """Classify ``exc`` once; retry it or mark the final failure, then re-raise.
+
+        The classification is kept on the request; the signal bridge turns it into the
+        one ``RETRYING`` or ``FAILED`` event observers see for this attempt.
+        """
+        policy = self.retry_policy
+        retriable = False
+        timeout = None
+        if isinstance(exc, SoftTimeLimitExceeded):
+            self._run_soft_timeout_cleanup(payload, request)
+            kind, reason, timeout = FailureKind.TIMEOUT, "soft time limit", "soft"
+            retriable = policy is not None and policy.retry_on_timeout
+        elif isinstance(exc, PayloadValidationError):
+            kind, reason = FailureKind.INVALID_PAYLOAD, "invalid payload"
+        elif isinstance(exc, PermanentError):
+            kind, reason = FailureKind.PERMANENT, "permanent error"
+        elif policy is not None and isinstance(exc, policy.exceptions):
+            kind, reason, retriable = FailureKind.TRANSIENT, "", True
+        else:
+            kind, reason = FailureKind.PERMANENT, "not retriable"
+
+        if retriable:
+            assert policy is not None
+            first_attempt = self._first_attempt(request, started)
+            decision = policy.decide(
+                exc, request.retries, first_attempt, time.time(), force=kind is FailureKind.TIMEOUT
+            )
+            if decision.retry:
+                request._celery_kit_outcome = Classification(
+                    kind, False, reason or "retriable error", decision.delay, timeout
+                )
+                headers = {**(request.headers or {}), FIRST_ATTEMPT_HEADER: first_attempt}
+                raise self.retry(exc=exc, countdown=decision.delay, headers=headers)
+            reason = decision.reason if kind is FailureKind.TRANSIENT else f"{reason}, {decision.reason}"
+        request._celery_kit_outcome = Classification(kind, True, reason, None, timeout)
+        raise exc
+
+    @staticmethod
+    def _first_attempt(request: Any, started: float) -> float:
+        value = getattr(request, FIRST_ATTEMPT_HEADER, None)
+        if value is None and request.headers:
+            value = request.headers.get(FIRST_ATTEMPT_HEADER)
+        try:
+            first = float(value) if value is not None else started
+        except (TypeError, ValueError):
+            return started
+        return first if math.isfinite(first) and first <= started else started
+
+
+ValidatedTask.__module__ = "celery_kit"
+
+
+@overload
+def validated_task(app: Callable[..., Any], /) -> ValidatedTask: ...
+@overload
+def validated_task(
+    app: celery.Celery | None = None, /, **options: Any
+) -> Callable[[Callable[..., Any]], ValidatedTask]: ...
+
+
+def validated_task(app: Any = None, /, **options: Any) -> Any:
+    """Register a function as a :class:`ValidatedTask`.
+
+    ``@validated_task(app, **celery_task_options)`` registers it on ``app``; without an
+    app it behaves like :func:`celery.shared_task` (every app gets it). ``retry=`` takes
+    a :class:`~celery_kit.RetryPolicy`; all other options are Celery's own.
+    """
+    if callable(app) and not isinstance(app, celery.Celery):
+        return validated_task()(app)  # bare ``@validated_task``
+    base = options.pop("base", ValidatedTask)
+    if not (isinstance(base, type) and issubclass(base, ValidatedTask)):
+        raise ConfigurationError(f"validated_task(base=...) must subclass ValidatedTask, got {base!r}.")
+    if "retry" in options:
+        options["retry_policy"] = options.pop("retry")
+    policy = options.get("retry_policy")
+    if policy is not None and not isinstance(policy, RetryPolicy):
+        raise ConfigurationError(f"retry= takes a RetryPolicy, got {policy!r}.")
+
+    def decorator(fun: Callable[..., Any]) -> ValidatedTask:
+        # At runtime this may be Celery's lazy proxy, which forwards to the task.
+        register = shared_task if app is None else app.task
+        task: ValidatedTask = register(base=base, **options)(fun)
+        return task
+
+    return decorator
+
+
+def _warn_time_limits_without_prefork(sender: Any = None, **_: Any) -> None:
+    """Time limits are enforced by the prefork pool only (gevent: the hard limit only)."""
+    pool = pool_name(sender)
+    if pool == "prefork":
+        return
+    soft_only = pool == "gevent"
+    conf = sender.app.conf
+    limited = []
+    for task in sender.app.tasks.values():
+        if isinstance(task, ValidatedTask) and task.payload_schema is not None:
+            soft = task.soft_time_limit or conf.task_soft_time_limit
+            hard = task.time_limit or conf.task_time_limit
+            if soft or (hard and not soft_only):
+                limited.append(task.name)
+    if limited:
+        logger.warning(
+            "pool %s does not enforce %s: tasks %s will run past their limits and their "
+            "soft-timeout cleanup will never run. Use the prefork pool (-P prefork) for them.",
+            pool,
+            "soft time limits" if soft_only else "time limits",
+            ", ".join(sorted(limited)),
+        )
+
+
+signals.worker_init.connect(
+    _warn_time_limits_without_prefork, weak=False, dispatch_uid="celery_kit.time_limits_need_prefork"
+)

@@ -1,0 +1,203 @@
+"""Task events in, alerts out: only what a human must act on, built off the task's path."""
+
+from __future__ import annotations
+
+import atexit
+import socket
+import weakref
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from celery import signals
+from pydantic import SecretStr
+
+from .._errors import ConfigurationError
+from .._events import EventType, FailureKind, TaskEvent
+from .._payload import PayloadSchema
+from ._delivery import AlertDelivery, ResultCallback
+from ._model import Alert, AlertKind, redact
+from ._sinks import Alerter, LogSink, SmtpSink, WebhookSink
+from ._throttle import LocalThrottle, RedisThrottle, Throttle
+
+__all__ = ["AlertObserver", "Alerting", "install", "sinks_from_urls"]
+
+_MAX_MESSAGE = 500
+
+
+@dataclass(frozen=True)
+class Alerting:
+    """How an app alerts.
+
+    Args:
+        sinks: where alerts go (several at once).
+        window: seconds of the throttle window; later occurrences become one digest.
+        max_backoff: how many times longer the window may grow during a storm.
+        redis_url: share the throttle state through Redis across pool processes and hosts
+            (otherwise each process throttles on its own).
+        link_template: e.g. ``"https://flower.example.com/task/{task_id}"``; any alert
+            field may be used.
+        rate_limit_per_minute: per sink, across all incidents.
+    """
+
+    sinks: Sequence[Alerter] = field(default_factory=lambda: (LogSink(),))
+    window: float = 600.0
+    max_backoff: int = 8
+    redis_url: str | None = None
+    link_template: str | None = None
+    rate_limit_per_minute: float = 30.0
+    queue_size: int = 1000
+    #: Key prefix of the shared throttle state in Redis.
+    redis_prefix: str = "celery_kit:alerts"
+
+    def throttle(self) -> Throttle:
+        if self.redis_url:
+            return RedisThrottle.from_url(
+                self.redis_url, window=self.window, max_backoff=self.max_backoff, prefix=self.redis_prefix
+            )
+        return LocalThrottle(window=self.window, max_backoff=self.max_backoff)
+
+
+def sinks_from_urls(urls: Sequence[str | SecretStr]) -> list[Alerter]:
+    """Sinks from configuration strings (``CELERY_KIT_ALERT_SINKS``).
+
+    ``log``; ``https://...`` (JSON webhook); ``slack+https://...`` (Slack-compatible
+    webhook); ``smtp://user:password@host:port/?from=a@x&to=b@x,c@x`` (``smtps`` for TLS
+    from the start is not supported; STARTTLS is used unless ``starttls=0``).
+    """
+    sinks: list[Alerter] = []
+    for raw in urls:
+        url = raw.get_secret_value() if isinstance(raw, SecretStr) else raw
+        scheme = url.split(":", 1)[0].lower()
+        if url.strip().lower() == "log":
+            sinks.append(LogSink())
+        elif scheme in ("http", "https"):
+            sinks.append(WebhookSink(url))
+        elif scheme in ("slack+http", "slack+https"):
+            sinks.append(WebhookSink(url.split("+", 1)[1], slack=True))
+        elif scheme == "smtp":
+            parts = urlsplit(url)
+            query = parse_qs(parts.query)
+            recipients = [r for value in query.get("to", []) for r in value.split(",") if r]
+            if not parts.hostname or not recipients or not query.get("from"):
+                raise ConfigurationError(
+                    "an smtp:// alert sink needs a host, ?from=sender and ?to=recipient[,recipient]"
+                )
+            sinks.append(
+                SmtpSink(
+                    parts.hostname,
+                    port=parts.port or 587,
+                    sender=query["from"][0],
+                    recipients=recipients,
+                    username=unquote(parts.username) if parts.username else None,
+                    password=unquote(parts.password) if parts.password else None,
+                    starttls=query.get("starttls", ["1"])[0] not in ("0", "false", "no"),
+                )
+            )
+        else:
+            raise ConfigurationError(
+                f"unknown alert sink {scheme!r}: use log, https://..., slack+https://... or smtp://..."
+            )
+    return sinks
+
+
+_KINDS = {
+    FailureKind.INVALID_PAYLOAD: AlertKind.INVALID_PAYLOAD,
+    FailureKind.WORKER_LOST: AlertKind.WORKER_LOST,
+}
+
+
+def _kind_of(event: TaskEvent) -> AlertKind:
+    if event.kind is FailureKind.TIMEOUT:
+        return AlertKind.HARD_TIMEOUT if event.detail == "hard" else AlertKind.SOFT_TIMEOUT
+    return _KINDS.get(event.kind, AlertKind.FINAL_FAILURE) if event.kind else AlertKind.FINAL_FAILURE
+
+
+class _Fields(dict[str, Any]):
+    def __missing__(self, key: str) -> str:
+        return ""
+
+
+class AlertObserver:
+    """Turns final failures into alerts and hands them to the delivery thread."""
+
+    def __init__(self, delivery: AlertDelivery, *, link_template: str | None = None) -> None:
+        self.delivery = delivery
+        self.link_template = link_template
+        self.hostname = socket.gethostname()
+
+    def __call__(self, event: TaskEvent) -> None:
+        if event.type is not EventType.FAILED or not event.final:
+            return  # retries never alert; Retry/Ignore/Reject are control flow
+        now = datetime.now(timezone.utc)
+        request = event.request
+        exc = event.exception
+        alert = Alert(
+            kind=_kind_of(event),
+            task_name=event.task_name,
+            task_id=event.task_id,
+            root_id=getattr(request, "root_id", None),
+            queue=event.queue,
+            retries=event.retries,
+            exception_type=type(exc).__name__ if exc is not None else None,
+            exception_message=str(exc)[:_MAX_MESSAGE] if exc is not None else None,
+            reason=event.reason,
+            hostname=getattr(request, "hostname", None) or self.hostname,
+            first_seen=now,
+            last_seen=now,
+            payload=self._payload(event),
+        )
+        if self.link_template:
+            alert.link = self.link_template.format_map(_Fields(alert.model_dump(mode="json")))
+        self.delivery.submit(alert)
+
+    @staticmethod
+    def _payload(event: TaskEvent) -> Any:
+        if not getattr(event.task, "alert_payload", False) or event.request is None:
+            return None
+        payload = getattr(event.request, "_celery_kit_payload", None)
+        return None if payload is None else redact(PayloadSchema.dump_result(payload))
+
+
+_deliveries: weakref.WeakSet[AlertDelivery] = weakref.WeakSet()
+
+
+def install(app: Any, alerting: Alerting, *, on_result: ResultCallback | None = None) -> AlertObserver:
+    """Wire alerting into ``app``; used by :func:`celery_kit.instrument`."""
+    delivery = AlertDelivery(
+        alerting.sinks,
+        alerting.throttle(),
+        rate_limit_per_minute=alerting.rate_limit_per_minute,
+        queue_size=alerting.queue_size,
+        on_result=on_result,
+        # With a shared throttle another process sends the digest when the window ends.
+        flush_on_close=not alerting.redis_url,
+    )
+    _deliveries.add(delivery)
+    observer = AlertObserver(delivery, link_template=alerting.link_template)
+    app._celery_kit_alerts = observer
+    return observer
+
+
+def _close_all(**_: Any) -> None:
+    for delivery in list(_deliveries):
+        delivery.close()
+
+
+def _start_in_main_process(sender: Any = None, **_: Any) -> None:
+    """The worker's main process outlives pool processes: it flushes shared digests."""
+    observer = getattr(getattr(sender, "app", None), "_celery_kit_alerts", None)
+    if observer is not None:
+        observer.delivery.start()
+
+
+signals.worker_process_shutdown.connect(
+    _close_all, weak=False, dispatch_uid="celery_kit.alerts.process_shutdown"
+)
+signals.worker_shutdown.connect(_close_all, weak=False, dispatch_uid="celery_kit.alerts.worker_shutdown")
+signals.worker_ready.connect(
+    _start_in_main_process, weak=False, dispatch_uid="celery_kit.alerts.worker_ready"
+)
+atexit.register(_close_all)

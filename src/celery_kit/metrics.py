@@ -1,0 +1,493 @@
+"""Prometheus metrics for tasks, correct under the prefork pool.
+
+Metric names use base units and the prefix ``celery_`` (configurable). Labels are only
+``task``, ``queue`` and one documented extra label -- never hostname, pid or task id, which
+would give every worker restart a new time series.
+
+Under the prefork pool each pool process counts in prometheus-client's multiprocess
+mode: the worker's main process prepares a private directory (wiped at start, removed
+at shutdown) before the pool forks, every gauge declares its multiprocess mode, files of
+pool processes that exit are marked dead, and the metrics are served **only** from the
+main process, which sums what every process -- dead ones included -- counted. The solo
+and threads pools count in plain mode. Producers (a web app) count
+``celery_task_published_total`` in their own registry.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+import shutil
+import struct
+import tempfile
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from celery import bootsteps, signals
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, values
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
+from prometheus_client.registry import Collector
+
+from ._errors import ConfigurationError
+from ._events import EventType, FailureKind, TaskEvent
+from ._pools import pool_name
+
+__all__ = [
+    "DEFAULT_DURATION_BUCKETS",
+    "DEFAULT_QUEUE_WAIT_BUCKETS",
+    "MetricsObserver",
+    "MetricsServer",
+    "TaskMetrics",
+]
+
+logger = logging.getLogger("celery_kit")
+
+#: Up to an hour: long report tasks are the ones whose duration matters most.
+DEFAULT_DURATION_BUCKETS = (
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1,
+    2.5,
+    5,
+    10,
+    30,
+    60,
+    120,
+    300,
+    600,
+    1800,
+    3600,
+)
+#: Up to six hours of queue wait: a backlog is what this histogram is for.
+DEFAULT_QUEUE_WAIT_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 600, 1800, 3600, 7200, 21600)
+#: Distinct exception class names counted per process before the rest become ``other``.
+MAX_EXCEPTION_LABELS = 50
+
+_OUTCOMES = {
+    EventType.SUCCEEDED: "succeeded",
+    EventType.RETRYING: "retried",
+    EventType.FAILED: "failed",
+    EventType.REJECTED: "rejected",
+    EventType.REVOKED: "revoked",
+    EventType.IGNORED: "ignored",
+}
+_LABEL_SAFE = re.compile(r"[^A-Za-z0-9_.\-]")
+
+
+class TaskMetrics:
+    """The metric families, created once per (registry, prefix)."""
+
+    def __init__(
+        self,
+        registry: CollectorRegistry | None,
+        prefix: str = "celery",
+        duration_buckets: Sequence[float] = DEFAULT_DURATION_BUCKETS,
+        queue_wait_buckets: Sequence[float] = DEFAULT_QUEUE_WAIT_BUCKETS,
+    ) -> None:
+        p = prefix
+        tq = ("task", "queue")
+        self.published = Counter(f"{p}_task_published", "Tasks published.", tq, registry=registry)
+        self.started = Counter(f"{p}_task_started", "Task attempts started.", tq, registry=registry)
+        self.finished = Counter(
+            f"{p}_task_finished",
+            "Task attempts finished, by outcome (succeeded, failed, retried, rejected, revoked, ignored).",
+            (*tq, "outcome"),
+            registry=registry,
+        )
+        self.failures = Counter(
+            f"{p}_task_failures",
+            "Failed attempts by exception class; final=true when no attempt follows.",
+            (*tq, "exception", "final"),
+            registry=registry,
+        )
+        self.validation_errors = Counter(
+            f"{p}_task_validation_errors",
+            "Payloads refused by validation, in the caller or on the worker.",
+            (*tq, "side"),
+            registry=registry,
+        )
+        self.timeouts = Counter(
+            f"{p}_task_timeouts", "Time limits hit, soft or hard.", (*tq, "kind"), registry=registry
+        )
+        self.duration = Histogram(
+            f"{p}_task_duration_seconds",
+            "Run time of task attempts, all outcomes.",
+            tq,
+            buckets=tuple(duration_buckets),
+            registry=registry,
+        )
+        self.queue_wait = Histogram(
+            f"{p}_task_queue_wait_seconds",
+            "Time from publish (or ETA) to start.",
+            tq,
+            buckets=tuple(queue_wait_buckets),
+            registry=registry,
+        )
+        self.in_progress = Gauge(
+            f"{p}_task_in_progress",
+            "Task attempts running now.",
+            tq,
+            registry=registry,
+            multiprocess_mode="livesum",
+        )
+        self.last_success = Gauge(
+            f"{p}_task_last_success_timestamp_seconds",
+            "Unix time of the last successful attempt.",
+            tq,
+            registry=registry,
+            multiprocess_mode="max",
+        )
+        self.alerts = Counter(
+            "celery_kit_alerts",
+            "Alert deliveries by sink and result (sent, suppressed, failed).",
+            ("sink", "result"),
+            registry=registry,
+        )
+        self.process_restarts = Counter(
+            f"{p}_worker_process_restarts",
+            "Pool processes started after the worker was ready (recycled, crashed, scaled).",
+            registry=registry,
+        )
+
+
+class MetricsObserver:
+    """Counts task events into :class:`TaskMetrics`."""
+
+    def __init__(self, metrics: TaskMetrics) -> None:
+        self.metrics = metrics
+        self._exceptions: set[str] = set()
+        self._lock = threading.Lock()
+        self._cache: dict[tuple[str, str], _Series] = {}
+
+    def _exception_label(self, exc: BaseException | None) -> str:
+        name = type(exc).__name__ if exc is not None else "none"
+        if name in self._exceptions:
+            return name
+        with self._lock:
+            if len(self._exceptions) < MAX_EXCEPTION_LABELS:
+                self._exceptions.add(name)
+                return name
+        return "other"
+
+    def _series(self, task: str, queue: str) -> _Series:
+        """The per-(task, queue) children, resolved once: ``labels()`` costs a lock and a hash."""
+        key = (task, queue)
+        series = self._cache.get(key)
+        if series is None:
+            m = self.metrics
+            series = _Series(
+                started=m.started.labels(task, queue),
+                in_progress=m.in_progress.labels(task, queue),
+                queue_wait=m.queue_wait.labels(task, queue),
+                duration=m.duration.labels(task, queue),
+                last_success=m.last_success.labels(task, queue),
+                finished={outcome: m.finished.labels(task, queue, outcome) for outcome in _OUTCOMES.values()},
+            )
+            self._cache[key] = series
+        return series
+
+    def __call__(self, event: TaskEvent) -> None:
+        m = self.metrics
+        task = event.task_name
+        queue = _LABEL_SAFE.sub("_", event.queue) if event.queue else "unknown"
+        kind = event.type
+        if kind is EventType.PUBLISHED:
+            m.published.labels(task, queue).inc()
+        elif kind is EventType.REFUSED:
+            m.validation_errors.labels(task, queue, "caller").inc()
+        elif kind is EventType.STARTED:
+            series = self._series(task, queue)
+            series.started.inc()
+            series.in_progress.inc()
+            if event.queue_wait is not None:
+                series.queue_wait.observe(event.queue_wait)
+        elif kind in _OUTCOMES:
+            series = self._series(task, queue)
+            series.finished[_OUTCOMES[kind]].inc()
+            if event.duration is not None:
+                series.duration.observe(event.duration)
+            from_pool_process = kind is not EventType.REVOKED and not (
+                event.detail == "hard" or event.kind is FailureKind.WORKER_LOST
+            )
+            if from_pool_process:  # the process that counted the start counts the end
+                series.in_progress.dec()
+            if kind is EventType.SUCCEEDED:
+                series.last_success.set(time.time())
+            elif kind in (EventType.FAILED, EventType.RETRYING):
+                final = "true" if event.final else "false"
+                m.failures.labels(task, queue, self._exception_label(event.exception), final).inc()
+                if event.kind is FailureKind.INVALID_PAYLOAD:
+                    m.validation_errors.labels(task, queue, "worker").inc()
+                elif event.kind is FailureKind.TIMEOUT:
+                    m.timeouts.labels(task, queue, event.detail or "soft").inc()
+
+
+@dataclass(frozen=True, slots=True)
+class _Series:
+    started: Any
+    in_progress: Any
+    queue_wait: Any
+    duration: Any
+    last_success: Any
+    finished: dict[str, Any]
+
+
+# -- prefork: multiprocess mode -------------------------------------------------------------
+
+
+class _DeadProcessSweeper(Collector):
+    """Marks pool processes that died without cleaning up (SIGKILL, OOM) as dead.
+
+    Registered before the multiprocess collector, so their live gauges are gone before
+    it reads the files.
+    """
+
+    _PID = re.compile(r"^gauge_live\w*?_(\d+)\.db$")
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def collect(self) -> Iterable[Any]:
+        try:
+            names = os.listdir(self.path)
+        except FileNotFoundError:
+            return []
+        for name in names:
+            match = self._PID.match(name)
+            if match and not _alive(int(match.group(1))):
+                # A concurrent scrape or the process's own exit may remove the file first.
+                with contextlib.suppress(FileNotFoundError):
+                    mark_process_dead(int(match.group(1)), self.path)  # type: ignore[no-untyped-call]
+        return []
+
+
+class _MultiProcessCollector(Collector):
+    """prometheus-client's multiprocess collector, retried when a file changes mid-read.
+
+    Pool processes come and go while a scrape runs (``worker_max_tasks_per_child``): a
+    new one's file may exist before its header is written (``struct.error``), and marking
+    one dead deletes its live-gauge files between the collector's listing and its reads.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.inner = MultiProcessCollector(None, path=path)  # type: ignore[no-untyped-call]
+
+    def collect(self) -> Iterable[Any]:
+        for _ in range(20):
+            try:
+                return list(self.inner.collect())  # type: ignore[no-untyped-call]
+            except (FileNotFoundError, struct.error):
+                time.sleep(0.005)
+        return list(self.inner.collect())  # type: ignore[no-untyped-call]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def prepare_multiprocess_dir(nodename: str, base: str | None = None) -> str:
+    """Create (wiping any leftovers) this worker instance's private metrics directory and
+    switch prometheus-client to multiprocess values before the pool forks."""
+    safe = re.sub(r"[^A-Za-z0-9_.@\-]", "_", nodename)
+    path = os.path.join(
+        base or os.path.join(tempfile.gettempdir(), "celery-kit-metrics"), f"{safe}-{os.getpid()}"
+    )
+    shutil.rmtree(path, ignore_errors=True)
+    os.makedirs(path, exist_ok=True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
+    values.ValueClass = values.MultiProcessValue()  # type: ignore[no-untyped-call]
+    return path
+
+
+# -- exposition -------------------------------------------------------------------------------
+
+
+class MetricsServer(bootsteps.StartStopStep):  # type: ignore[misc]
+    """Worker bootstep: serves ``/metrics`` from the main process only."""
+
+    label = "celery_kit metrics"
+
+    def __init__(self, worker: Any, **kwargs: Any) -> None:
+        super().__init__(worker, **kwargs)
+        self.server: Any = None
+
+    def start(self, worker: Any) -> None:
+        setup = getattr(worker.app, "_celery_kit_metrics", None)
+        if setup is None or not setup.port:
+            return
+        from prometheus_client import start_http_server
+
+        try:
+            self.server, _thread = start_http_server(setup.port, setup.host, setup.exposition_registry())
+        except OSError as exc:
+            raise ConfigurationError(
+                f"celery_kit cannot serve metrics on {setup.host}:{setup.port}: {exc}. Another "
+                "process holds the port; give each worker its own (instrument(metrics_port=...) "
+                "or the celery_kit_metrics_port setting), or 0 to turn the endpoint off."
+            ) from exc
+        logger.info("serving Prometheus metrics on http://%s:%s/metrics", setup.host, setup.port)
+
+    def stop(self, worker: Any) -> None:
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
+            self.server = None
+
+
+class MetricsSetup:
+    """One app's metrics configuration and state; created by :func:`celery_kit.instrument`."""
+
+    def __init__(
+        self,
+        app: Any,
+        *,
+        port: int | None,
+        host: str,
+        prefix: str,
+        registry: CollectorRegistry | None,
+        duration_buckets: Sequence[float],
+        queue_wait_buckets: Sequence[float],
+        multiprocess_dir: str | None,
+    ) -> None:
+        self.app = app
+        self.port = port
+        self.host = host
+        self.prefix = prefix
+        self.registry = registry
+        self.duration_buckets = duration_buckets
+        self.queue_wait_buckets = queue_wait_buckets
+        self.multiprocess_base = multiprocess_dir
+        self.multiprocess_path: str | None = None
+        self._observer: MetricsObserver | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def observer(self) -> MetricsObserver:
+        """The observer, with plain-mode metrics unless the worker chose multiprocess mode."""
+        if self._observer is None:
+            self._create(self.registry if self.registry is not None else REGISTRY)
+        assert self._observer is not None
+        return self._observer
+
+    def __call__(self, event: TaskEvent) -> None:
+        self.observer(event)
+
+    def _create(self, registry: CollectorRegistry | None) -> None:
+        with self._lock:
+            if self._observer is None:
+                metrics = _metrics_for(registry, self.prefix, self.duration_buckets, self.queue_wait_buckets)
+                self._observer = MetricsObserver(metrics)
+
+    def exposition_registry(self) -> CollectorRegistry:
+        if self.multiprocess_path is None:
+            self.observer  # noqa: B018 -- plain mode: make sure the families exist
+            return self.registry if self.registry is not None else REGISTRY
+        registry = CollectorRegistry()
+        registry.register(_DeadProcessSweeper(self.multiprocess_path))
+        registry.register(_MultiProcessCollector(self.multiprocess_path))
+        return registry
+
+    def on_worker_init(self, worker: Any) -> None:
+        """Before the pool forks: multiprocess mode for prefork, plain mode otherwise."""
+        if pool_name(worker) == "prefork":
+            self.multiprocess_path = prepare_multiprocess_dir(worker.hostname, self.multiprocess_base)
+            self._observer = None
+            self._create(None)  # the files are the registry; the main process sums them
+
+
+_metrics_cache: dict[tuple[int, str], TaskMetrics] = {}
+
+
+def _metrics_for(
+    registry: CollectorRegistry | None,
+    prefix: str,
+    duration_buckets: Sequence[float],
+    queue_wait_buckets: Sequence[float],
+) -> TaskMetrics:
+    """Metric families are registered once per registry, however many apps share it."""
+    if registry is None:
+        return TaskMetrics(None, prefix, duration_buckets, queue_wait_buckets)
+    key = (id(registry), prefix)
+    if key not in _metrics_cache:
+        _metrics_cache[key] = TaskMetrics(registry, prefix, duration_buckets, queue_wait_buckets)
+    return _metrics_cache[key]
+
+
+def _setup_of(app: Any) -> MetricsSetup | None:
+    return getattr(app, "_celery_kit_metrics", None)
+
+
+def _on_worker_init(sender: Any = None, **_: Any) -> None:
+    setup = _setup_of(sender.app) if sender is not None else None
+    if setup is not None:
+        setup.on_worker_init(sender)
+
+
+_pool_ready = False
+
+
+def _on_worker_ready(sender: Any = None, **_: Any) -> None:
+    global _pool_ready
+    _pool_ready = True  # pool processes forked from now on are restarts
+
+
+def _on_process_init(**_: Any) -> None:
+    if _pool_ready:
+        for setup in _all_setups():
+            setup.observer.metrics.process_restarts.inc()
+
+
+def _on_process_shutdown(**_: Any) -> None:
+    for setup in _all_setups():
+        if setup.multiprocess_path:
+            with contextlib.suppress(FileNotFoundError):  # a scrape may have swept it already
+                mark_process_dead(os.getpid(), setup.multiprocess_path)  # type: ignore[no-untyped-call]
+
+
+def _on_worker_shutdown(sender: Any = None, **_: Any) -> None:
+    setup = _setup_of(getattr(sender, "app", None))
+    if setup is not None and setup.multiprocess_path:
+        shutil.rmtree(setup.multiprocess_path, ignore_errors=True)
+
+
+_setups: list[MetricsSetup] = []
+
+
+def _all_setups() -> list[MetricsSetup]:
+    return list(_setups)
+
+
+def install(app: Any, **options: Any) -> MetricsSetup:
+    """Wire metrics into ``app``; used by :func:`celery_kit.instrument`."""
+    setup = MetricsSetup(app, **options)
+    app._celery_kit_metrics = setup
+    _setups.append(setup)
+    app.steps["worker"].add(MetricsServer)
+    return setup
+
+
+signals.worker_init.connect(_on_worker_init, weak=False, dispatch_uid="celery_kit.metrics.worker_init")
+signals.worker_ready.connect(_on_worker_ready, weak=False, dispatch_uid="celery_kit.metrics.worker_ready")
+signals.worker_process_init.connect(
+    _on_process_init, weak=False, dispatch_uid="celery_kit.metrics.process_init"
+)
+signals.worker_process_shutdown.connect(
+    _on_process_shutdown, weak=False, dispatch_uid="celery_kit.metrics.process_shutdown"
+)
+signals.worker_shutdown.connect(_on_worker_shutdown, weak=False, dispatch_uid="celery_kit.metrics.shutdown")

@@ -1,0 +1,231 @@
+"""A real prefork worker per broker (Redis and RabbitMQ), shared by the integration tests;
+private brokers, health workers and the probe CLI for the health tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from celery import Celery
+
+from celery_kit.testing import WorkerProcess
+
+from ..conftest import RUN_ID
+from .health_app import build_app as health_build_app
+from .worker_app import build_app
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class LiveWorker:
+    """A running worker and a client app talking to it through the same broker."""
+
+    app: Celery
+    worker: WorkerProcess
+    state: redis.Redis
+    prefix: str
+
+    def count(self, kind: str, key: str) -> int:
+        return int(self.state.get(f"{self.prefix}:{kind}:{key}") or 0)
+
+    def events(self, task_id: str) -> list[dict[str, Any]]:
+        raw = self.state.lrange(f"{self.prefix}:events:{task_id}", 0, -1)
+        return [json.loads(item) for item in raw]
+
+
+def _drop_queue(app: Celery, queue: str) -> int:
+    """Delete the queue; return how many messages were still in it."""
+    with app.connection_for_write() as conn:
+        channel = conn.default_channel
+        try:
+            _, left, _ = channel.queue_declare(queue, passive=True)
+        except conn.channel_errors:  # Redis keeps no empty list: no queue, no message
+            return 0
+        channel.queue_delete(queue)
+    return int(left)
+
+
+@pytest.fixture(scope="session", params=["redis", "rabbitmq"])
+def live_worker(request: pytest.FixtureRequest, redis_url: str) -> Iterator[LiveWorker]:
+    broker = redis_url if request.param == "redis" else request.getfixturevalue("amqp_url")
+    prefix = f"kit-{RUN_ID}-{request.param}"
+    queue = f"{prefix}-tasks"
+    app = build_app(broker, redis_url, queue, redis_url, prefix)
+    worker = WorkerProcess(
+        "tests.integration.worker_app",
+        queues=[queue],
+        pool="prefork",
+        concurrency=2,
+        cwd=ROOT,
+        env={
+            "KIT_TEST_BROKER_URL": broker,
+            "KIT_TEST_BACKEND_URL": redis_url,
+            "KIT_TEST_QUEUE": queue,
+            "KIT_TEST_STATE_URL": redis_url,
+            "KIT_TEST_PREFIX": prefix,
+            "PYTHONPATH": str(ROOT),
+        },
+    )
+    worker.start()
+    state = redis.Redis.from_url(redis_url)
+    try:
+        yield LiveWorker(app, worker, state, prefix)
+        worker.stop()
+        # With acks_late, a message the worker never acknowledged is back in the queue
+        # once the worker is gone: every message must have been settled exactly once.
+        assert _drop_queue(app, queue) == 0, "messages left unacknowledged in the queue"
+    finally:
+        worker.stop()
+        for key in state.scan_iter(f"{prefix}:*"):
+            state.delete(key)
+        state.close()
+
+
+# -- health probes: private brokers, workers writing state files, the probe CLI ----------------
+
+SRC_PATH = f"{ROOT / 'src'}{os.pathsep}{ROOT}"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 30.0, interval: float = 0.1) -> None:
+    """Poll ``predicate`` until it is true; fail the test after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(interval)
+    raise AssertionError(f"condition not reached within {timeout}s")
+
+
+class PrivateRedis:
+    """A ``redis-server`` of this test only, on a free port, that a test may stop and start.
+
+    The broker-outage tests stop *this* server; the shared one other agents use is never touched.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self.port = free_port()
+        self.directory = directory
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            pytest.fail("redis-server is not installed; the broker-outage test starts its own", pytrace=False)
+        command = [
+            binary,
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ]
+        command += ["--daemonize", "no", "--dir", str(self.directory)]
+        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        client = redis.Redis(port=self.port, socket_connect_timeout=0.5)
+
+        def answers() -> bool:
+            try:
+                return bool(client.ping())
+            except redis.ConnectionError:
+                return False
+
+        try:
+            wait_until(answers, timeout=20)
+        finally:
+            client.close()
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(10)
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
+    server = PrivateRedis(tmp_path)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@dataclass
+class HealthWorker:
+    """A worker of ``tests.integration.health_app`` and the state file it writes."""
+
+    app: Celery
+    worker: WorkerProcess
+    queue: str
+    state_file: Path
+
+    def state(self) -> dict[str, Any]:
+        return dict(json.loads(self.state_file.read_text()))
+
+
+def start_health_worker(
+    broker: str, queue: str, directory: Path, *, pool: str = "prefork", concurrency: int = 2
+) -> HealthWorker:
+    state_file = directory / f"{pool}-%n.json"
+    worker = WorkerProcess(
+        "tests.integration.health_app",
+        queues=[queue],
+        pool=pool,
+        concurrency=concurrency,
+        cwd=ROOT,
+        env={
+            "KIT_HEALTH_BROKER_URL": broker,
+            "KIT_HEALTH_QUEUE": queue,
+            "KIT_HEALTH_FILE": str(state_file),
+            "PYTHONPATH": SRC_PATH,
+        },
+    )
+    worker.start()
+    node = worker.hostname.replace("%h", socket.gethostname())
+    path = directory / f"{pool}-{node.split('@')[0]}.json"
+    return HealthWorker(health_build_app(broker, queue), worker, queue, path)
+
+
+def delete_queue(app: Celery, queue: str) -> None:
+    with app.connection_for_write() as conn:
+        conn.default_channel.queue_delete(queue)
+
+
+def run_probe(*args: str, env: dict[str, str] | None = None) -> tuple[int, dict[str, Any]]:
+    """``python -m celery_kit.health ARGS``: the exit code and the JSON line it printed."""
+    done = subprocess.run(
+        [sys.executable, "-m", "celery_kit.health", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": SRC_PATH, **(env or {})},
+        timeout=120,
+        check=False,
+    )
+    lines = done.stdout.splitlines()
+    assert lines, f"no output from the probe; stderr: {done.stderr}"
+    return done.returncode, dict(json.loads(lines[-1]))

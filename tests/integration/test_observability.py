@@ -1,0 +1,259 @@
+"""Logs and metrics of real workers: prefork (concurrency 2, recycled children) and threads."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import structlog
+from celery import Celery, chain
+from prometheus_client.parser import text_string_to_metric_families
+from pydantic import ValidationError
+
+from celery_kit.testing import WorkerProcess, read_metric
+
+from .._support import free_port, wait_for
+from ..conftest import RUN_ID
+from .observed_app import build_app
+
+pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parents[2]
+TIMEOUT = 30
+SECRET = f"hunter2-{uuid.uuid4().hex}"
+
+
+class Observed:
+    def __init__(self, app: Celery, worker: WorkerProcess, port: int) -> None:
+        self.app = app
+        self.worker = worker
+        self.port = port
+
+    def scrape(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=5) as response:
+            text = response.read().decode()
+        samples = {}
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+        return samples
+
+    def value(self, name: str, **labels: str) -> float:
+        """Sum of the samples of ``name`` whose labels include ``labels``."""
+        return read_metric(name, labels, port=self.port)
+
+    def log_lines(self) -> list[dict[str, Any]]:
+        lines = []
+        for raw in self.worker.log().splitlines():
+            try:
+                line = json.loads(raw)
+            except ValueError:
+                continue
+            if isinstance(line, dict):
+                lines.append(line)
+        return lines
+
+
+def _start(pool: str, redis_url: str) -> tuple[Observed, str]:
+    prefix = f"kit-{RUN_ID}-obs-{pool}"
+    queue = f"{prefix}-q"
+    port = free_port()
+    app = build_app(redis_url, queue, port, redis_url, prefix)
+    worker = WorkerProcess(
+        "tests.integration.observed_app",
+        queues=[queue],
+        pool=pool,
+        concurrency=2 if pool == "prefork" else 4,
+        cwd=ROOT,
+        env={
+            "KIT_OBS_BROKER_URL": redis_url,
+            "KIT_OBS_QUEUE": queue,
+            "KIT_OBS_METRICS_PORT": str(port),
+            "KIT_OBS_STATE_URL": redis_url,
+            "KIT_OBS_PREFIX": prefix,
+            "PYTHONPATH": str(ROOT),
+        },
+    )
+    worker.start()
+    return Observed(app, worker, port), queue
+
+
+@pytest.fixture(scope="module")
+def prefork(redis_url: str) -> Iterator[Observed]:
+    observed, queue = _start("prefork", redis_url)
+    try:
+        yield observed
+    finally:
+        observed.worker.stop()
+        with observed.app.connection_for_write() as conn:
+            conn.default_channel.queue_delete(queue)
+
+
+def test_metrics_count_every_outcome_exactly_across_recycled_children(prefork: Observed) -> None:
+    tasks = prefork.app.tasks
+    results = [tasks["obs.ok"].delay(n) for n in range(12)]
+    results += [tasks["obs.fail"].delay(n) for n in range(3)]
+    results += [tasks["obs.flaky"].delay(f"m{n}") for n in range(2)]
+    raw = [prefork.app.send_task("obs.ok", kwargs={"n": "not a number"}) for _ in range(2)]
+    with pytest.raises(ValidationError):
+        tasks["obs.ok"].delay("refused in the caller")
+    for result in results + raw:
+        result.get(timeout=TIMEOUT, propagate=False)
+    stubborn = tasks["obs.stubborn"].delay()
+    stubborn.get(timeout=TIMEOUT, propagate=False)
+    assert stubborn.state == "FAILURE"
+
+    v = prefork.value
+    # The hard-limit failure is counted by the main process, the rest by the children.
+    wait_for(lambda: v("celery_task_timeouts_total", task="obs.stubborn", kind="hard") == 1)
+    assert v("celery_task_started_total", task="obs.ok") == 14  # 12 valid + 2 invalid messages
+    assert v("celery_task_finished_total", task="obs.ok", outcome="succeeded") == 12
+    assert v("celery_task_finished_total", task="obs.ok", outcome="failed") == 2
+    assert v("celery_task_validation_errors_total", task="obs.ok", side="worker") == 2
+    assert v("celery_task_finished_total", task="obs.fail", outcome="failed") == 3
+    assert v("celery_task_failures_total", task="obs.fail", exception="PermanentError", final="true") == 3
+    assert v("celery_task_started_total", task="obs.flaky") == 4
+    assert v("celery_task_finished_total", task="obs.flaky", outcome="retried") == 2
+    assert v("celery_task_finished_total", task="obs.flaky", outcome="succeeded") == 2
+    assert v("celery_task_failures_total", task="obs.flaky", exception="ConnectionError", final="false") == 2
+    assert v("celery_task_finished_total", task="obs.stubborn", outcome="failed") == 1
+    assert v("celery_task_duration_seconds_count", task="obs.ok") == 14
+    assert v("celery_task_queue_wait_seconds_count", task="obs.ok") == 14
+    assert v("celery_task_in_progress") == 0  # the killed child's +1 is swept away
+    assert v("celery_task_last_success_timestamp_seconds", task="obs.ok") > time.time() - 300
+    # 22 attempts with max_tasks_per_child=5, plus the killed child: children were replaced.
+    assert v("celery_worker_process_restarts_total") >= 3
+    task_labels = {
+        label for (name, ls) in prefork.scrape() if name.startswith("celery_task") for label, _ in ls
+    }
+    assert task_labels <= {"task", "queue", "outcome", "exception", "final", "side", "kind", "le"}
+    alert_labels = {
+        label for (name, ls) in prefork.scrape() if name.startswith("celery_kit_") for label, _ in ls
+    }
+    assert alert_labels <= {"sink", "result"}
+
+
+def test_a_killed_pool_process_is_counted_as_worker_lost(prefork: Observed, redis_client: Any) -> None:
+    marker = f"kit-{RUN_ID}-victim-{uuid.uuid4().hex[:6]}"
+    result = prefork.app.tasks["obs.victim"].delay(marker)
+    wait_for(lambda: redis_client.get(marker) is not None)
+    os.kill(int(redis_client.get(marker)), signal.SIGKILL)
+    result.get(timeout=TIMEOUT, propagate=False)
+    assert result.state == "FAILURE"
+    v = prefork.value
+    wait_for(lambda: v("celery_task_failures_total", task="obs.victim", exception="WorkerLostError") == 1)
+    assert v("celery_task_failures_total", task="obs.victim", final="true") == 1
+    assert v("celery_task_finished_total", task="obs.victim", outcome="failed") == 1
+    assert v("celery_task_in_progress", task="obs.victim") == 0
+    lost = [line for line in prefork.log_lines() if line.get("classification") == "worker_lost"]
+    assert [line["task_id"] for line in lost] == [result.id]
+
+
+def test_worker_logs_are_json_lines_with_context_from_the_producer(prefork: Observed) -> None:
+    tasks = prefork.app.tasks
+    structlog.contextvars.bind_contextvars(request_id="req-42", correlation_id="corr-42")
+    try:
+        login = tasks["obs.login"].delay(user="ada", password=SECRET)
+        workflow = chain(tasks["obs.ok"].s(7), tasks["obs.ok"].s()).apply_async()
+    finally:
+        structlog.contextvars.clear_contextvars()
+    login.get(timeout=TIMEOUT)
+    workflow.get(timeout=TIMEOUT)
+
+    def all_logged() -> bool:
+        # The result is stored before the attempt's last line is written.
+        done = {line.get("task_id") for line in prefork.log_lines() if line.get("event") == "task succeeded"}
+        inside = {line.get("task_id") for line in prefork.log_lines() if line.get("event") == "inside task"}
+        return {login.id, workflow.id, workflow.parent.id} | inside <= done
+
+    wait_for(all_logged)
+    lines = prefork.log_lines()
+
+    def of(task_id: str) -> list[dict[str, Any]]:
+        return [line for line in lines if line.get("task_id") == task_id]
+
+    inside = [line for line in lines if line.get("event") == "inside task"]
+    assert inside
+    for line in inside:  # each line carries the ids of the task that wrote it, and only those
+        own = [e for e in of(line["task_id"]) if e.get("event") == "task succeeded"]
+        assert len(own) == 1
+    task_logger_lines = [line for line in lines if str(line.get("event", "")).startswith("task logger line")]
+    assert task_logger_lines
+    assert all(line["logger"] == "observed.tasks" and line["task_id"] for line in task_logger_lines)
+
+    login_lines = of(login.id)
+    assert {line["event"] for line in login_lines} >= {"task started", "logging in", "task succeeded"}
+    assert all(line["request_id"] == "req-42" for line in login_lines)
+    succeeded = next(line for line in login_lines if line["event"] == "task succeeded")
+    assert succeeded["payload"] == {"user": "ada", "password": "**********"}
+    assert succeeded["duration_seconds"] >= 0
+    assert SECRET not in prefork.worker.log()
+    for task_id in (workflow.parent.id, workflow.id):
+        assert {line["correlation_id"] for line in of(task_id)} == {"corr-42"}
+        assert {line["root_id"] for line in of(task_id)} == {workflow.parent.id}
+
+
+def test_hard_limit_and_invalid_payload_are_logged_with_their_classification(prefork: Observed) -> None:
+    def failed_lines() -> list[dict[str, Any]]:
+        wanted = ("task failed", "task payload invalid")
+        return [line for line in prefork.log_lines() if line.get("event") in wanted]
+
+    wait_for(lambda: len({line["classification"] for line in failed_lines()}) >= 3)
+    failed = failed_lines()
+    kinds = {(line["task_name"], line["classification"], line["reason"]) for line in failed}
+    assert ("obs.stubborn", "timeout", "hard time limit") in kinds
+    assert ("obs.ok", "invalid_payload", "invalid payload") in kinds
+    invalid = next(line for line in failed if line["classification"] == "invalid_payload")
+    assert invalid["validation_errors"][0]["loc"] == ["n"]
+    assert "not a number" not in json.dumps(invalid)
+
+
+def test_no_context_leaks_between_concurrent_tasks_on_the_threads_pool(redis_url: str) -> None:
+    observed, queue = _start("threads", redis_url)
+    try:
+        ids = [uuid.uuid4().hex for _ in range(40)]
+        results = [observed.app.tasks["obs.tagged"].apply_async((tag,), task_id=tag) for tag in ids]
+        for result in results:
+            result.get(timeout=TIMEOUT)
+        tagged = [line for line in observed.log_lines() if line.get("event") == "tagged line"]
+        assert len(tagged) == 40
+        assert all(line["task_id"] == line["tag"] for line in tagged)
+        assert observed.value("celery_task_finished_total", task="obs.tagged", outcome="succeeded") == 40
+    finally:
+        observed.worker.stop()
+        with observed.app.connection_for_write() as conn:
+            conn.default_channel.queue_delete(queue)
+
+
+def test_a_taken_metrics_port_stops_the_worker_loudly(redis_url: str) -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        prefix = f"kit-{RUN_ID}-obs-port"
+        worker = WorkerProcess(
+            "tests.integration.observed_app",
+            queues=[f"{prefix}-q"],
+            pool="solo",
+            cwd=ROOT,
+            env={
+                "KIT_OBS_BROKER_URL": redis_url,
+                "KIT_OBS_QUEUE": f"{prefix}-q",
+                "KIT_OBS_METRICS_PORT": str(port),
+                "KIT_OBS_STATE_URL": redis_url,
+                "KIT_OBS_PREFIX": prefix,
+                "PYTHONPATH": str(ROOT),
+            },
+        )
+        with pytest.raises(Exception, match="cannot serve metrics") as caught:
+            worker.start(timeout=30)
+        worker.stop()
+    assert f"127.0.0.1:{port}" in str(caught.value)

@@ -1,0 +1,177 @@
+"""celery_kit.logging: structured lines, bound task context, propagation, redaction."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import structlog
+from celery import Celery
+from pydantic import BaseModel, SecretStr
+
+from celery_kit import PermanentError, dispatcher_for, validated_task
+from celery_kit.logging import (
+    CONTEXT_HEADER,
+    LoggingObserver,
+    _inject_context,
+    _safe_context,
+    configure_logging,
+    propagate_context,
+)
+
+
+@pytest.fixture
+def stream() -> Iterator[io.StringIO]:
+    out = io.StringIO()
+    configure_logging(json=True, level="INFO", stream=out)
+    yield out
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if getattr(h, "_celery_kit_handler", False)]:
+        root.removeHandler(handler)
+    structlog.reset_defaults()
+    structlog.contextvars.clear_contextvars()
+
+
+def lines(stream: io.StringIO) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in stream.getvalue().splitlines() if line.startswith("{")]
+
+
+class Login(BaseModel):
+    user: str
+    password: SecretStr
+
+
+def test_stdlib_and_structlog_lines_are_json_with_bound_context(stream: io.StringIO) -> None:
+    structlog.contextvars.bind_contextvars(request_id="r-1")
+    logging.getLogger("celery.worker").info("from celery %s", "itself")
+    structlog.get_logger("app").warning("from structlog", n=3)
+    first, second = lines(stream)
+    assert (first["event"], first["logger"], first["level"], first["request_id"]) == (
+        "from celery itself",
+        "celery.worker",
+        "info",
+        "r-1",
+    )
+    assert (second["event"], second["n"], second["level"]) == ("from structlog", 3, "warning")
+    assert "timestamp" in first
+
+
+def test_console_mode_is_not_json() -> None:
+    out = io.StringIO()
+    configure_logging(json=False, stream=out)
+    try:
+        logging.getLogger("x").warning("readable")
+        assert "readable" in out.getvalue()
+        assert not out.getvalue().lstrip().startswith("{")
+    finally:
+        configure_logging(json=True, stream=io.StringIO())
+        structlog.reset_defaults()
+
+
+def test_task_context_is_bound_during_the_attempt_and_cleared_after(app: Celery, stream: io.StringIO) -> None:
+    dispatcher_for(app).subscribe(LoggingObserver())
+    seen: dict[str, Any] = {}
+
+    @validated_task(app, shared=False, name="l.ctx")
+    def ctx() -> None:
+        seen.update(structlog.contextvars.get_contextvars())
+        structlog.get_logger("inside").info("working")
+
+    ctx.apply(task_id="t-1")
+    assert seen["task_id"] == "t-1"
+    assert seen["task_name"] == "l.ctx"
+    assert seen["root_id"] == "t-1"
+    assert structlog.contextvars.get_contextvars() == {}
+    ours = [line for line in lines(stream) if line["logger"] in ("celery_kit.tasks", "inside")]
+    assert [(line["event"], line.get("task_id")) for line in ours] == [
+        ("task started", "t-1"),
+        ("working", "t-1"),
+        ("task succeeded", "t-1"),
+    ]
+
+
+def test_celerys_own_lines_carry_the_task_context(app: Celery, stream: io.StringIO) -> None:
+    dispatcher_for(app).subscribe(LoggingObserver())
+    trace = logging.getLogger("celery.app.trace")
+    level = trace.level
+    trace.setLevel(logging.INFO)  # instrument() silences its success line; not here
+
+    @validated_task(app, shared=False, name="l.trace")
+    def traced() -> None: ...
+
+    try:
+        traced.apply(task_id="t-2")
+    finally:
+        trace.setLevel(level)
+    assert any(line["logger"] == "celery.app.trace" and line["task_id"] == "t-2" for line in lines(stream))
+
+
+def test_instrument_silences_celerys_duplicate_success_line(app: Celery, stream: io.StringIO) -> None:
+    from celery_kit import instrument
+
+    loggers = [logging.getLogger(name) for name in ("celery.app.trace", "celery.worker.strategy")]
+    levels = [logger.level for logger in loggers]
+    try:
+        instrument(app, metrics=False, alerts=None)
+        assert [logger.getEffectiveLevel() for logger in loggers] == [logging.WARNING] * 2
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
+
+
+def test_failures_and_retries_carry_their_classification(app: Celery, stream: io.StringIO) -> None:
+    dispatcher_for(app).subscribe(LoggingObserver())
+
+    @validated_task(app, shared=False, name="l.fails")
+    def fails() -> None:
+        raise PermanentError("record gone")
+
+    fails.apply()
+    (failed,) = [line for line in lines(stream) if line["event"] == "task failed"]
+    assert failed["classification"] == "permanent"
+    assert failed["final"] is True
+    assert failed["exception_type"] == "PermanentError"
+    assert failed["level"] == "error"
+
+
+def test_payload_is_logged_only_on_opt_in_and_secrets_stay_masked(app: Celery, stream: io.StringIO) -> None:
+    dispatcher_for(app).subscribe(LoggingObserver())
+
+    @validated_task(app, shared=False, name="l.quiet")
+    def quiet(login: Login) -> None: ...
+
+    @validated_task(app, shared=False, name="l.loud", log_payload=True)
+    def loud(login: Login) -> None: ...
+
+    quiet.apply(kwargs={"user": "ada", "password": "s3cr3t-value"})
+    loud.apply(kwargs={"user": "ada", "password": "s3cr3t-value"})
+    finished = [line for line in lines(stream) if line["event"] == "task succeeded"]
+    assert "payload" not in finished[0]
+    assert finished[1]["payload"] == {"user": "ada", "password": "**********"}
+    assert "s3cr3t-value" not in stream.getvalue()
+
+
+def test_only_allowlisted_json_safe_context_is_propagated() -> None:
+    propagate_context(["request_id", "correlation_id", "tenant"])
+    try:
+        structlog.contextvars.bind_contextvars(request_id="r-9", tenant={"nested": 1}, secret="x")
+        headers: dict[str, Any] = {}
+        _inject_context(headers=headers)
+        context = headers[CONTEXT_HEADER]
+        assert context["request_id"] == "r-9"
+        assert "secret" not in context
+        assert "tenant" not in context  # not JSON-scalar
+        assert len(context["correlation_id"]) == 32  # generated when the producer had none
+    finally:
+        structlog.contextvars.clear_contextvars()
+        propagate_context()
+
+
+def test_hostile_context_headers_are_sanitised() -> None:
+    assert _safe_context("not a dict") == {}
+    assert _safe_context({"request_id": ["x"], "other": "y"}) == {}
+    assert _safe_context({"request_id": "x" * 10_000})["request_id"] == "x" * 256

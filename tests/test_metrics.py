@@ -1,0 +1,80 @@
+"""celery_kit.metrics: what each task event counts, in a private registry."""
+
+from __future__ import annotations
+
+import pytest
+from celery import Celery
+from prometheus_client import CollectorRegistry
+from pydantic import ValidationError
+
+from celery_kit import PermanentError, RetryPolicy, TaskEvent, dispatcher_for, validated_task
+from celery_kit._events import EventType
+from celery_kit.metrics import MAX_EXCEPTION_LABELS, MetricsObserver, TaskMetrics
+
+
+@pytest.fixture
+def registry(app: Celery) -> CollectorRegistry:
+    registry = CollectorRegistry()
+    dispatcher_for(app).subscribe(MetricsObserver(TaskMetrics(registry, prefix="t")))
+    return registry
+
+
+def value(registry: CollectorRegistry, name: str, **labels: str) -> float:
+    return registry.get_sample_value(name, labels) or 0.0
+
+
+def test_outcomes_durations_and_gauges(app: Celery, registry: CollectorRegistry) -> None:
+    calls: list[int] = []
+
+    @validated_task(
+        app, shared=False, name="m.mixed", retry=RetryPolicy(retry_on=ConnectionError, max_retries=1)
+    )
+    def mixed(n: int) -> int:
+        calls.append(n)
+        if n == 1 and calls.count(1) == 1:
+            raise ConnectionError("once")
+        if n == 2:
+            raise PermanentError("never")
+        return n
+
+    mixed.apply((0,))
+    mixed.apply((1,))
+    mixed.apply((2,))
+    with pytest.raises(ValidationError):
+        mixed.apply(("x",))
+    labels = {"task": "m.mixed", "queue": "unknown"}
+    assert value(registry, "t_task_started_total", **labels) == 4
+    assert value(registry, "t_task_finished_total", outcome="succeeded", **labels) == 2
+    assert value(registry, "t_task_finished_total", outcome="retried", **labels) == 1
+    assert value(registry, "t_task_finished_total", outcome="failed", **labels) == 1
+    assert value(registry, "t_task_failures_total", exception="ConnectionError", final="false", **labels) == 1
+    assert value(registry, "t_task_failures_total", exception="PermanentError", final="true", **labels) == 1
+    assert value(registry, "t_task_validation_errors_total", side="caller", **labels) == 1
+    assert value(registry, "t_task_duration_seconds_count", **labels) == 4
+    assert value(registry, "t_task_in_progress", **labels) == 0
+    assert value(registry, "t_task_last_success_timestamp_seconds", **labels) > 0
+
+
+def test_exception_labels_are_capped(app: Celery) -> None:
+    registry = CollectorRegistry()
+    observer = MetricsObserver(TaskMetrics(registry, prefix="c"))
+    for i in range(MAX_EXCEPTION_LABELS + 10):
+        error = type(f"Error{i}", (Exception,), {})()
+        observer(TaskEvent(EventType.FAILED, "m.t", "id", final=True, exception=error, queue="q"))
+    families = {
+        s.labels["exception"] for m in registry.collect() for s in m.samples if "exception" in s.labels
+    }
+    assert len(families) == MAX_EXCEPTION_LABELS + 1
+    assert "other" in families
+    assert (
+        value(registry, "c_task_failures_total", task="m.t", queue="q", exception="other", final="true") == 10
+    )
+
+
+def test_published_messages_are_counted_on_the_producer(app: Celery, registry: CollectorRegistry) -> None:
+    @validated_task(app, shared=False, name="m.pub")
+    def pub() -> None: ...
+
+    pub.delay()
+    pub.delay()
+    assert value(registry, "t_task_published_total", task="m.pub", queue=app.conf.task_default_queue) == 2

@@ -1,0 +1,468 @@
+"""ValidatedTask and @validated_task, in-process: caller-side checks, eager retries, cleanup."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import pytest
+import tenacity
+from celery import Celery, chain, shared_task
+from celery.exceptions import SoftTimeLimitExceeded
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from pydantic import BaseModel, Field, ValidationError
+
+from celery_kit import (
+    ConfigurationError,
+    EventType,
+    FailureKind,
+    PayloadTooLargeError,
+    PayloadValidationError,
+    PermanentError,
+    RetryPolicy,
+    TaskEvent,
+    ValidatedTask,
+    dispatcher_for,
+    validated_task,
+)
+
+from .conftest import decoded, published
+
+
+class Email(BaseModel):
+    to: str = Field(pattern=r".+@.+")
+    subject: str
+    body: str = ""
+
+
+class Sent(BaseModel):
+    message_id: str
+
+
+def make_send(app: Celery, **options: Any) -> ValidatedTask:
+    @validated_task(app, shared=False, name="t.send", **options)
+    def send(payload: Email) -> Sent:
+        return Sent(message_id=f"<{payload.to}>")
+
+    return send
+
+
+@pytest.fixture
+def send(app: Celery) -> Any:
+    return make_send(app)
+
+
+def events_of(app: Celery) -> list[TaskEvent]:
+    """The RETRYING and FAILED events ``app`` emits from now on."""
+    seen: list[TaskEvent] = []
+
+    @dispatcher_for(app).subscribe
+    def record(event: TaskEvent) -> None:
+        if event.type in (EventType.RETRYING, EventType.FAILED):
+            seen.append(event)
+
+    return seen
+
+
+# -- caller side ------------------------------------------------------------------------------
+
+
+def test_delay_publishes_the_validated_payload_as_plain_json(app: Celery) -> None:
+    send = make_send(app)
+    send.delay(to="a@b.c", subject="hi")
+    send.delay(Email(to="a@b.c", subject="hi"))
+    send.apply_async(({"to": "a@b.c", "subject": "hi"},))
+    send.s(to="a@b.c", subject="hi").apply_async()
+    send.si(Email(to="a@b.c", subject="hi")).delay()
+    messages = published(app)
+    assert len(messages) == 5
+    for message in messages:
+        assert message.content_type == "application/json"
+        assert message.headers["task"] == "t.send"
+        args, kwargs, _embed = decoded(message)
+        assert (args, kwargs) == ([{"to": "a@b.c", "subject": "hi", "body": ""}], {})
+
+
+@pytest.mark.parametrize(
+    "send_it",
+    [
+        lambda t: t.delay(to="nope", subject="hi"),
+        lambda t: t.apply_async(kwargs={"to": "a@b.c"}),
+        lambda t: t.s(to="a@b.c", subject=["x"]).apply_async(),
+        lambda t: t.si({"subject": "hi"}).delay(),
+        lambda t: t.delay({"to": "a@b.c", "subject": "hi"}, "extra"),
+        lambda t: chain(t.s(to="x", subject="y"), t.si(to="a@b.c", subject="z")).apply_async(),
+    ],
+)
+def test_invalid_payload_raises_in_the_caller_and_publishes_nothing(app: Celery, send_it: Any) -> None:
+    send = make_send(app)
+    with pytest.raises(ValidationError):
+        send_it(send)
+    assert published(app) == []
+
+
+def test_apply_and_direct_calls_validate_with_pydantics_error(app: Celery) -> None:
+    send = make_send(app)
+    assert send.apply(kwargs={"to": "a@b.c", "subject": "hi"}).get() == {"message_id": "<a@b.c>"}
+    assert send(to="a@b.c", subject="hi") == {"message_id": "<a@b.c>"}
+    with pytest.raises(ValidationError):
+        send.apply(kwargs={"to": "bad", "subject": "hi"})
+    with pytest.raises(ValidationError):
+        send(to="bad", subject="hi")
+
+
+def test_typed_result_helpers(app: Celery) -> None:
+    send = make_send(app)
+    result = send.apply(args=(Email(to="a@b.c", subject="s"),))
+    assert send.get_result(result) == Sent(message_id="<a@b.c>")
+    assert send.parse_result({"message_id": "x"}) == Sent(message_id="x")
+
+
+def test_pickle_is_refused(app: Celery) -> None:
+    send = make_send(app)
+    with pytest.raises(ConfigurationError, match="JSON only"):
+        send.apply_async(kwargs={"to": "a@b.c", "subject": "s"}, serializer="pickle")
+    pickled = make_pickled(app)
+    with pytest.raises(ConfigurationError, match="refuses serializer 'pickle'"):
+        pickled.delay(1)
+    assert published(app) == []
+
+
+def make_pickled(app: Celery) -> Any:
+    @validated_task(app, shared=False, name="t.pickled", serializer="pickle")
+    def pickled(n: int) -> int:
+        return n
+
+    return pickled
+
+
+def test_payload_cap_from_app_setting_and_task_option(app: Celery) -> None:
+    app.conf.celery_kit_max_payload_bytes = 200
+    send = make_send(app)
+    send.delay(to="a@b.c", subject="x" * 100)
+    with pytest.raises(PayloadTooLargeError, match=r"t\.send"):
+        send.delay(to="a@b.c", subject="x" * 300)
+    assert len(published(app)) == 1
+
+    @validated_task(app, shared=False, name="t.uncapped", max_payload_bytes=0)
+    def uncapped(blob: str) -> int:
+        return len(blob)
+
+    uncapped.delay("y" * 10_000)
+    assert len(published(app)) == 1
+
+
+def test_default_cap_is_256_kib(app: Celery) -> None:
+    send = make_send(app)
+    with pytest.raises(PayloadTooLargeError) as caught:
+        send.delay(to="a@b.c", subject="x" * 300_000)
+    assert caught.value.limit == 256 * 1024
+
+
+def test_celerys_argument_check_still_sees_the_real_signature(app: Celery) -> None:
+    @validated_task(app, shared=False, name="t.add")
+    def add(x: int, y: int) -> int:
+        return x + y
+
+    add.__header__(1, 2)
+    with pytest.raises(TypeError):
+        add.__header__(1, 2, 3)
+    add.delay(1, 2)
+    ((args, kwargs, _),) = (decoded(m) for m in published(app))
+    assert (args, kwargs) == ([], {"x": 1, "y": 2})
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    fields=st.dictionaries(
+        st.sampled_from(["to", "subject", "body", "other"]),
+        st.none() | st.integers() | st.text(max_size=30) | st.lists(st.integers(), max_size=3),
+    )
+)
+def test_fuzzed_payloads_publish_only_when_valid(send: Any, fields: dict[str, Any]) -> None:
+    app = send.app
+    try:
+        Email.model_validate(fields, strict=False)
+        expect_valid = "other" not in fields
+    except ValidationError:
+        expect_valid = False
+    try:
+        send.delay(**fields)
+    except ValidationError:
+        assert not expect_valid
+        assert published(app) == []
+    else:
+        assert expect_valid
+        assert len(published(app)) == 1
+
+
+# -- registration -----------------------------------------------------------------------------
+
+
+def test_soft_limit_must_be_below_the_hard_limit(app: Celery) -> None:
+    with pytest.raises(ConfigurationError, match="must be below time_limit"):
+        make_send(app, soft_time_limit=10, time_limit=10).name  # noqa: B018
+    app.conf.task_soft_time_limit = 50
+
+    @validated_task(app, shared=False, name="t.limits", time_limit=20)
+    def limits() -> None: ...
+
+    with pytest.raises(ConfigurationError, match="soft_time_limit=50 must be below time_limit=20"):
+        limits.name  # noqa: B018  -- forces the lazy task to register
+
+
+def test_task_without_time_limits_warns_once_naming_it(
+    app: Celery, unique: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    app.conf.task_soft_time_limit = None
+    app.conf.task_time_limit = None
+    name = f"t.unlimited-{unique}"
+    with caplog.at_level(logging.WARNING, logger="celery_kit"):
+
+        @validated_task(app, shared=False, name=name)
+        def unlimited() -> None: ...
+
+        unlimited.name  # noqa: B018
+        app.tasks[name].bind(app)
+    warnings = [r for r in caplog.records if name in r.getMessage()]
+    assert len(warnings) == 1
+    assert "no soft_time_limit or time_limit" in warnings[0].getMessage()
+
+
+def test_retry_option_becomes_the_policy_and_keeps_task_retry(app: Celery) -> None:
+    policy = RetryPolicy(retry_on=(OSError,), max_retries=7)
+    send = make_send(app, retry=policy)
+    assert send.retry_policy is policy
+    assert send.max_retries == 7
+    assert callable(send.retry)
+
+    @app.task(base=ValidatedTask, shared=False, name="t.base_retry", retry=policy)  # type: ignore[untyped-decorator]
+    def via_app_task(n: int) -> int:
+        return n
+
+    assert via_app_task.retry_policy is policy
+    assert callable(via_app_task.retry)
+
+
+def test_contradicting_max_retries_is_refused(app: Celery) -> None:
+    with pytest.raises(ConfigurationError, match="contradicts"):
+        make_send(app, retry=RetryPolicy(retry_on=(OSError,), max_retries=2), max_retries=5).name  # noqa: B018
+
+
+def test_pydantic_true_is_refused(app: Celery) -> None:
+    with pytest.raises(ConfigurationError, match="drop pydantic=True"):
+        make_send(app, pydantic=True).name  # noqa: B018
+
+
+def test_base_must_be_a_validated_task(app: Celery) -> None:
+    with pytest.raises(ConfigurationError, match="must subclass ValidatedTask"):
+        validated_task(app, base=object)
+
+
+def test_class_based_subclass(app: Celery) -> None:
+    class Shout(ValidatedTask):
+        name = "t.shout"
+
+        def run(self, message: str, times: int = 1) -> str:
+            return f"{message.upper()}{'!' * times}"
+
+    task = app.register_task(Shout())
+    assert task.apply(("hi",), {"times": "3"}).get() == "HI!!!"
+    with pytest.raises(ValidationError):
+        task.delay("hi", times="many")
+    assert published(app) == []
+
+
+def test_without_an_app_it_is_a_shared_task(unique: str) -> None:
+    name = f"t.shared-{unique}"
+
+    @validated_task(name=name)
+    def shared(n: int) -> int:
+        return n * 2
+
+    other = Celery(f"other-{unique}", broker="memory://", set_as_current=False)
+    other.finalize()
+    assert isinstance(other.tasks[name], ValidatedTask)
+    assert other.tasks[name].apply(("4",)).get() == 8
+    assert shared_task  # the decorator it stands in for
+
+
+def test_bare_decorator(unique: str) -> None:
+    @validated_task
+    def bare(n: int) -> int:
+        return n + 1
+
+    # Like shared_task: registered on every app finalized from now on.
+    other = Celery(f"bare-{unique}", broker="memory://", set_as_current=False)
+    other.finalize()
+    task = other.tasks["tests.test_task.bare"]
+    assert isinstance(task, ValidatedTask)
+    assert task("1") == 2
+
+
+# -- worker side, eagerly ---------------------------------------------------------------------
+
+
+def test_run_rejects_a_bad_message_with_payload_validation_error(app: Celery) -> None:
+    send = make_send(app)
+    seen = events_of(app)
+    # Celery's tracer calls run() directly with the message's arguments.
+    result = send.AsyncResult("x")
+    from celery.app.trace import build_tracer
+
+    tracer = build_tracer(send.name, send, eager=True, app=app)
+    outcome = tracer("task-1", [{"to": "bad"}], {}, {"id": "task-1"})
+    assert isinstance(outcome.retval.exception, PayloadValidationError)
+    assert outcome.retval.exception.errors[0]["loc"] == ["to"]
+    assert [(e.type, e.kind, e.final) for e in seen] == [
+        (EventType.FAILED, FailureKind.INVALID_PAYLOAD, True)
+    ]
+    assert result.id == "x"
+
+
+def flaky_task(app: Celery, fail_times: int, **options: Any) -> tuple[ValidatedTask, list[int]]:
+    calls: list[int] = []
+
+    @validated_task(app, shared=False, name="t.flaky", **options)
+    def flaky(n: int) -> int:
+        calls.append(n)
+        if len(calls) <= fail_times:
+            raise ConnectionError(f"attempt {len(calls)}")
+        return len(calls)
+
+    return flaky, calls
+
+
+def test_transient_errors_are_retried_then_succeed(app: Celery) -> None:
+    flaky, calls = flaky_task(app, 2, retry=RetryPolicy(retry_on=ConnectionError, max_retries=3))
+    seen = events_of(app)
+    assert flaky.apply((1,)).get() == 3
+    assert calls == [1, 1, 1]
+    assert [(e.type, e.retries, e.final) for e in seen] == [
+        (EventType.RETRYING, 0, False),
+        (EventType.RETRYING, 1, False),
+    ]
+    assert all(e.delay is not None and e.delay >= 0 for e in seen)
+
+
+def test_exhausted_retries_are_reported_as_final_exactly_once(app: Celery) -> None:
+    flaky, calls = flaky_task(app, 99, retry=RetryPolicy(retry_on=ConnectionError, max_retries=2))
+    seen = events_of(app)
+    result = flaky.apply((1,))
+    assert isinstance(result.result, ConnectionError)
+    assert len(calls) == 3
+    finals = [e for e in seen if e.final]
+    assert len(finals) == 1
+    assert (finals[0].kind, finals[0].reason, finals[0].retries) == (
+        FailureKind.TRANSIENT,
+        "retries exhausted",
+        2,
+    )
+
+
+def test_deadline_stops_retrying(app: Celery) -> None:
+    policy = RetryPolicy(retry_on=ConnectionError, max_retries=None, deadline=1, wait=tenacity.wait_fixed(5))
+    flaky, calls = flaky_task(app, 99, retry=policy)
+    seen = events_of(app)
+    flaky.apply((1,))
+    assert len(calls) == 1
+    assert [(e.final, e.reason) for e in seen] == [(True, "deadline")]
+
+
+@pytest.mark.parametrize("error", [PermanentError("gone"), ValueError("not listed")])
+def test_permanent_and_unlisted_errors_are_not_retried(app: Celery, error: Exception) -> None:
+    calls: list[int] = []
+
+    @validated_task(app, shared=False, name="t.fails", retry=RetryPolicy(retry_on=ConnectionError))
+    def fails() -> None:
+        calls.append(1)
+        raise error
+
+    seen = events_of(app)
+    assert fails.apply().result is error
+    assert calls == [1]
+    assert [(e.kind, e.final) for e in seen] == [(FailureKind.PERMANENT, True)]
+
+
+def test_autoretry_for_is_translated_and_never_retries_validation_errors(app: Celery) -> None:
+    flaky, _ = flaky_task(app, 1, autoretry_for=(Exception,), max_retries=2, retry_backoff=0.5)
+    policy = flaky.retry_policy
+    assert policy is not None
+    assert (policy.retry_on, policy.max_retries, policy.backoff) == ((Exception,), 2, 0.5)
+    assert flaky.apply((1,)).get() == 2
+
+    from celery.app.trace import build_tracer
+
+    seen = events_of(app)
+    tracer = build_tracer(flaky.name, flaky, eager=True, app=app)
+    outcome = tracer("task-2", ["not-a-number"], {}, {"id": "task-2"})
+    assert isinstance(outcome.retval.exception, PayloadValidationError)
+    assert [(e.type, e.final) for e in seen] == [(EventType.FAILED, True)]
+
+
+def test_autoretry_without_a_limit_is_refused(app: Celery) -> None:
+    with pytest.raises(ConfigurationError, match="retries forever"):
+        flaky_task(app, 0, autoretry_for=(OSError,), max_retries=None)[0].name  # noqa: B018
+
+
+# -- soft-timeout cleanup -----------------------------------------------------------------------
+
+
+def timing_out(app: Celery, **options: Any) -> tuple[ValidatedTask, list[int]]:
+    calls: list[int] = []
+
+    @validated_task(app, shared=False, name="t.slow", **options)
+    def slow(payload: Email) -> None:
+        calls.append(1)
+        raise SoftTimeLimitExceeded()  # what the prefork pool raises inside the task
+
+    return slow, calls
+
+
+def test_soft_timeout_runs_every_hook_once_then_fails(app: Celery) -> None:
+    slow, _ = timing_out(app)
+    cleaned: list[Any] = []
+    slow.on_soft_timeout(cleaned.append)
+    slow.on_soft_timeout(lambda payload, request: cleaned.append(request.id))
+    seen = events_of(app)
+    result = slow.apply(kwargs={"to": "a@b.c", "subject": "s"}, task_id="t-1")
+    assert isinstance(result.result, SoftTimeLimitExceeded)
+    assert cleaned == [Email(to="a@b.c", subject="s"), "t-1"]
+    assert [(e.kind, e.final) for e in seen] == [(FailureKind.TIMEOUT, True)]
+
+
+def test_a_failing_cleanup_is_logged_and_does_not_hide_the_timeout(
+    app: Celery, caplog: pytest.LogCaptureFixture
+) -> None:
+    slow, _ = timing_out(app)
+
+    @slow.on_soft_timeout
+    def broken(payload: Email) -> None:
+        raise RuntimeError("cleanup broke")
+
+    with caplog.at_level(logging.ERROR, logger="celery_kit"):
+        result = slow.apply(kwargs={"to": "a@b.c", "subject": "s"})
+    assert isinstance(result.result, SoftTimeLimitExceeded)
+    assert any("soft-timeout cleanup" in r.getMessage() and r.exc_info for r in caplog.records)
+
+
+def test_subclass_can_override_on_soft_timeout(app: Celery) -> None:
+    cleaned: list[Email] = []
+
+    class Cleaning(ValidatedTask):
+        def on_soft_timeout(self, payload: Any) -> Any:
+            cleaned.append(payload)
+
+    slow, _ = timing_out(app, base=Cleaning)
+    slow.apply(kwargs={"to": "a@b.c", "subject": "s"})
+    assert cleaned == [Email(to="a@b.c", subject="s")]
+
+
+def test_retry_on_timeout_retries_after_the_cleanup(app: Celery) -> None:
+    slow, calls = timing_out(app, retry=RetryPolicy(retry_on=(), max_retries=2, retry_on_timeout=True))
+    cleaned: list[int] = []
+    slow.on_soft_timeout(lambda payload: cleaned.append(1))
+    slow.apply(kwargs={"to": "a@b.c", "subject": "s"})
+    assert calls == [1, 1, 1]
+    assert cleaned == [1, 1, 1]
