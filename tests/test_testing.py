@@ -87,10 +87,12 @@ def test_captured_alerts_and_metrics_sample(
     )
     # The receiver answers before the delivery thread records the result: wait for the count.
     wait_for(
-        lambda: metrics_sample(
-            "celery_kit_alerts_total", {"sink": "webhook", "result": "sent"}, registry=registry
-        )
-        == 1,
+        lambda: (
+            metrics_sample(
+                "celery_kit_alerts_total", {"sink": "webhook", "result": "sent"}, registry=registry
+            )
+            == 1
+        ),
         timeout=10,
     )
 
