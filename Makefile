@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint typecheck pytest docs bench bench-quick clean
+.PHONY: demo test lint typecheck pytest docs bench bench-quick soak clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +46,11 @@ bench: $(VENV)/.installed-dev
 ## A small run that keeps the harness from rotting (CI); writes nothing into the repository.
 bench-quick: $(VENV)/.installed-dev
 	$(PY) benchmarks/run.py --quick --output $${TMPDIR:-/tmp}/celery-kit-bench-quick.json
+
+## The fault suite at soak sizes (100,000 tasks of load, 20,000 through each broker
+## restart); rewrites docs/reliability.md with those numbers.
+soak: $(VENV)/.installed-dev
+	CELERY_KIT_SOAK=1 $(PY) -m pytest tests/faults -p no:cacheprovider --timeout 3600
 
 clean:
 	rm -rf $(VENV) site .pytest_cache .mypy_cache .ruff_cache

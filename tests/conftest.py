@@ -14,6 +14,8 @@ import redis
 from celery import Celery
 from kombu.message import Message
 
+from ._brokers import PrivateRabbit
+
 #: The kit's own pytest plugin (real-worker fixtures), dogfooded by these tests.
 pytest_plugins = ["celery_kit.testing", "pytester"]
 
@@ -57,6 +59,17 @@ def redis_client(redis_url: str) -> Iterator[redis.Redis]:
     for key in client.scan_iter(f"*{RUN_ID}*"):
         client.delete(key)
     client.close()
+
+
+@pytest.fixture(scope="module")
+def private_rabbit(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateRabbit]:
+    """A private RabbitMQ node (5-10 s to start) shared by a module; a test may stop and start it."""
+    node = PrivateRabbit(tmp_path_factory.mktemp("rabbit"))
+    node.start()
+    try:
+        yield node
+    finally:
+        node.stop()
 
 
 @pytest.fixture

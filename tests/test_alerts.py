@@ -18,15 +18,20 @@ from celery_kit import PermanentError, RetryPolicy, dispatcher_for, validated_ta
 from celery_kit.alerts import (
     Alert,
     AlertDelivery,
+    Alerting,
     AlertKind,
     AlertObserver,
     CallbackSink,
+    LocalRateLimit,
     LocalThrottle,
+    RedisRateLimit,
     RedisThrottle,
     SmtpSink,
     WebhookSink,
     redact,
 )
+
+from ._support import free_port
 
 
 def make_alert(
@@ -82,6 +87,93 @@ def test_redis_throttle_is_shared_and_the_digest_is_taken_once(
     assert a.admit(make_alert())  # a new window
     for key in redis_client.scan_iter(f"t-{unique}:*"):
         redis_client.delete(key)
+
+
+def test_redis_throttle_counts_a_late_occurrence_into_the_ended_windows_digest(
+    redis_client: redis.Redis, unique: str
+) -> None:
+    # Each pool process flushes digests once a second: an occurrence can arrive after a
+    # window ended and before any process took its digest. It must not open a new window
+    # (that would hold the old digest back a whole window, merge it into the next one's
+    # and skip the backoff): it joins the pending digest, which goes out on its own.
+    a = RedisThrottle(redis_client, window=0.3, prefix=f"t-{unique}")
+    b = RedisThrottle(redis_client, window=0.3, prefix=f"t-{unique}")
+    try:
+        assert a.admit(make_alert())
+        assert not a.admit(make_alert())
+        assert not b.admit(make_alert())
+        time.sleep(0.4)  # the window ended; nobody has taken its digest yet
+        assert not b.admit(make_alert())
+        (digest,) = a.due_digests()
+        assert (digest.occurrences, digest.window_seconds, digest.digest) == (3, 0.3, True)
+        assert b.due_digests() == []
+        # The storm goes on: the next window opens with the first occurrence after the
+        # digest, twice as long.
+        assert b.admit(make_alert())
+        time.sleep(0.4)
+        assert not a.admit(make_alert())  # still inside the 0.6 s window
+        assert a.due_digests() == []
+        time.sleep(0.3)
+        (second,) = b.due_digests()
+        assert (second.occurrences, second.window_seconds) == (1, 0.6)
+    finally:
+        for key in redis_client.scan_iter(f"t-{unique}:*"):
+            redis_client.delete(key)
+
+
+def _shared_delivery(
+    redis_url: str, prefix: str, per_minute: float, results: list[tuple[str, str]]
+) -> AlertDelivery:
+    """One process's delivery (its own Redis client and per-process throttle), with the
+    rate limit shared through Redis."""
+    return AlertDelivery(
+        [CallbackSink(lambda alert: None, name="pager"), CallbackSink(lambda alert: None, name="audit")],
+        LocalThrottle(window=60),
+        rate_limit=RedisRateLimit(redis.Redis.from_url(redis_url), per_minute, prefix=prefix),
+        on_result=lambda sink, result: results.append((sink, result)),
+    )
+
+
+def test_the_rate_limit_per_sink_is_shared_through_redis(
+    redis_url: str, redis_client: redis.Redis, unique: str
+) -> None:
+    results: list[tuple[str, str]] = []
+    prefix = f"t-{unique}"
+    a = _shared_delivery(redis_url, prefix, 5, results)
+    b = _shared_delivery(redis_url, prefix, 5, results)  # another pool process or host
+    try:
+        for n in range(6):  # distinct incidents: the throttle lets every one through
+            a.submit(make_alert(exc=f"A{n}"))
+            b.submit(make_alert(exc=f"B{n}"))
+        a.close()
+        b.close()
+        for sink in ("pager", "audit"):  # each sink has its own limit, shared by a and b
+            assert results.count((sink, "sent")) == 5
+            assert results.count((sink, "suppressed")) == 7
+        assert len(results) == 24
+        assert redis_client.exists(f"{prefix}:rate:pager:tokens")
+    finally:
+        for key in redis_client.scan_iter(f"{prefix}:*"):
+            redis_client.delete(key)
+
+
+def test_the_shared_rate_limit_falls_back_to_the_process_when_redis_is_down() -> None:
+    down = redis.Redis.from_url(f"redis://127.0.0.1:{free_port()}/0", socket_connect_timeout=0.5)
+    limit = RedisRateLimit(down, 2, retry_after=0.2)
+    assert [limit.take("pager") for _ in range(3)] == [True, True, False]
+    assert limit.take("audit")  # per sink, as with Redis
+    started = time.monotonic()
+    assert not limit.take("pager")  # no new connection attempt per alert meanwhile
+    assert time.monotonic() - started < 0.05
+    time.sleep(0.25)
+    assert not limit.take("pager")  # tried Redis again (still down), still limited
+
+
+def test_alerting_shares_the_rate_limit_only_with_a_redis_url(redis_url: str) -> None:
+    assert type(Alerting(redis_url=redis_url).rate_limit()) is RedisRateLimit
+    local = Alerting(rate_limit_per_minute=1).rate_limit()
+    assert type(local) is LocalRateLimit
+    assert [local.take("log"), local.take("log")] == [True, False]
 
 
 def test_delivery_throttles_rate_limits_and_counts_results() -> None:

@@ -2,17 +2,28 @@
 
 from __future__ import annotations
 
+import json
 import time
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pytest
-from celery import Celery
+from celery import Celery, signals
 from celery.app.task import Context
+from celery.exceptions import InvalidTaskError
+from kombu.exceptions import ContentDisallowed
 from pydantic import ValidationError
 
 from celery_kit import EventType, FailureKind, PayloadTooLargeError, TaskEvent, dispatcher_for, validated_task
-from celery_kit._bridge import PUBLISHED_AT_HEADER, _queue_wait
+from celery_kit._bridge import (
+    PUBLISHED_AT_HEADER,
+    MessageGuard,
+    _add_message_guard,
+    _queue_wait,
+    envelope_problem,
+    report_rejected_message,
+)
+from celery_kit._events import RejectReason
 
 
 @pytest.fixture
@@ -120,3 +131,149 @@ def test_a_failing_observer_is_logged_and_skipped(app: Celery, caplog: pytest.Lo
     assert survives.apply().get() == 1
     assert [e.type for e in received] == [EventType.STARTED, EventType.SUCCEEDED]
     assert sum("observer" in r.getMessage() for r in caplog.records) == 2
+
+
+# -- messages that never reach a task ------------------------------------------------------------
+
+
+def _message(body: Any, headers: Any = None, content_type: str = "application/json") -> Any:
+    from kombu.message import Message
+
+    raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+    return Message(  # type: ignore[no-untyped-call]
+        body=raw,
+        content_type=content_type,
+        content_encoding="utf-8",
+        headers=headers,
+        delivery_info={"exchange": "", "routing_key": "q-in"},
+        accept=["application/json"],
+    )
+
+
+def _headers(**changes: Any) -> dict[str, Any]:
+    return {"task": "b.known", "id": "id-1", **changes}
+
+
+ENVELOPES = [
+    # Celery handles these itself: left alone.
+    (_message([[], {}, {}], _headers()), None),
+    (_message({"args": [], "kwargs": {}}, _headers()), None),  # hybrid protocol-1 body
+    (_message({"task": "b.known", "id": "id-1", "args": [], "kwargs": {}}, {}), None),  # protocol 1
+    (_message([[], {}, {}], _headers(task="b.unknown")), None),  # reported as unknown_task
+    (_message([[], {}, {}], {}), None),  # no task header: Celery's "unknown message"
+    (_message([[], {}, {}], None), None),
+    (_message(b"{not json", _headers()), None),  # Celery's decode error
+    (_message(b"\x80", _headers(), "application/x-python-serialize"), None),  # content type
+    # Celery 5.7 crashes (or loops) on these: reported as invalid messages.
+    (_message(5, _headers()), "body (int)"),
+    (_message(b"", _headers(), "application/data"), "body (bytes)"),
+    (_message({"key": 1}, _headers()), "body (dict)"),
+    (_message([[], {}], _headers()), "body (list)"),
+    (_message([{}, {}, {}], _headers()), "args (body[0])"),
+    (_message([[], [], {}], _headers()), "kwargs (body[1])"),
+    (_message([[], {}, 5], _headers()), "embed (body[2])"),
+    (_message([[], {}, {}], {"task": "b.known"}), "'id' header"),
+    (_message([[], {}, {}], _headers(id=7)), "'id' header"),
+    (_message([[], {}, {}], _headers(task="b.unknown", id=None)), "'id' header"),
+    (_message([[], {}, {}], _headers(task=["b.known"])), "'task' header"),
+    (_message({"task": ["b.known"], "id": "x", "args": []}, {}), "body's 'task'"),
+    (_message({"task": "b.known", "args": [], "kwargs": {}}, {}), "'id' header"),
+]
+
+
+@pytest.mark.parametrize(("message", "problem"), ENVELOPES)
+def test_envelope_problems_are_the_ones_celery_cannot_survive(message: Any, problem: str | None) -> None:
+    found = envelope_problem(message, {"b.known"})
+    if problem is None:
+        assert found is None
+    else:
+        assert found is not None
+        assert problem in found
+
+
+class _Consumer:
+    """The parts of Celery's consumer the guard and the signal receivers touch."""
+
+    def __init__(self, app: Celery) -> None:
+        self.app = app
+        self.strategies = {"b.known": object()}
+        self.calls: list[tuple[str, Any]] = []
+
+    def on_decode_error(self, message: Any, exc: BaseException) -> None:
+        self.calls.append(("acked", message))
+
+    def on_invalid_task(self, body: Any, message: Any, exc: BaseException) -> None:
+        self.calls.append(("invalid", exc))
+        signals.task_rejected.send(sender=self, message=message, exc=exc)
+
+    def create_task_handler(self) -> Any:
+        return lambda message: self.calls.append(("handled", message))
+
+
+def test_rejections_become_one_classified_event_each(app: Celery, seen: list[TaskEvent]) -> None:
+    consumer = _Consumer(app)
+    message = _message(b"\x80", _headers(), "application/x-python-serialize")
+    signals.task_rejected.send(sender=consumer, message=message, exc=ContentDisallowed("pickle"))
+    signals.task_rejected.send(sender=consumer, message=_message([[], {}, {}], {}), exc=None)
+    signals.task_unknown.send(
+        sender=consumer,
+        message=_message([[], {}, {}], _headers(task="b.gone", id="id-2")),
+        exc=KeyError("b.gone"),
+        name="b.gone",
+        id="id-2",
+    )
+    assert [(e.type, e.reason, e.task_name, e.task_id, e.queue) for e in seen] == [
+        (EventType.MESSAGE_REJECTED, "content_type", "b.known", "id-1", "q-in"),
+        (EventType.MESSAGE_REJECTED, "invalid_message", "unknown", None, "q-in"),
+        (EventType.MESSAGE_REJECTED, "unknown_task", "b.gone", "id-2", "q-in"),
+    ]
+    assert seen[0].detail == "application/x-python-serialize"
+    assert isinstance(seen[1].exception, InvalidTaskError)  # says why, for the log line
+    assert not any(e.finished for e in seen)
+
+
+def test_publisher_chosen_text_is_clipped(app: Celery, seen: list[TaskEvent]) -> None:
+    headers = _headers(task="x" * 10_000, id="y" * 10_000)
+    report_rejected_message(_Consumer(app), _message([[], {}, {}], headers), RejectReason.UNKNOWN_TASK, None)
+    (event,) = seen
+    assert len(event.task_name) < 210
+    assert event.task_id is not None
+    assert len(event.task_id) < 210
+
+
+def test_unobserved_apps_get_no_events_and_no_guard(app: Celery) -> None:
+    consumer = _Consumer(app)
+    signals.task_rejected.send(sender=consumer, message=_message([[], {}, {}], {}), exc=None)  # no error
+
+    class Worker:
+        def __init__(self, app: Celery) -> None:
+            self.app = app
+
+    _add_message_guard(sender=Worker(app))  # the worker_init receiver
+    assert MessageGuard not in app.steps["consumer"]
+    dispatcher_for(app)
+    _add_message_guard(sender=Worker(app))
+    assert MessageGuard in app.steps["consumer"]
+
+
+def test_the_guard_reports_decode_errors_and_rejects_malformed_envelopes(
+    app: Celery, seen: list[TaskEvent]
+) -> None:
+    consumer = _Consumer(app)
+    MessageGuard(consumer)
+
+    undecodable = _message(b"{not json", _headers())
+    consumer.on_decode_error(undecodable, ValueError("bad json"))
+    assert consumer.calls == [("acked", undecodable)]  # Celery's own handling first
+    assert [(e.reason, e.task_id) for e in seen] == [("decode_error", "id-1")]
+
+    handler = consumer.create_task_handler()
+    good = _message([[], {}, {}], _headers())
+    handler(good)
+    handler(_message(5, _headers(id="id-3")))
+    assert consumer.calls[1] == ("handled", good)
+    kind, exc = consumer.calls[2]
+    assert kind == "invalid"
+    assert isinstance(exc, InvalidTaskError)
+    assert "body (int)" in str(exc)
+    assert [(e.reason, e.task_id) for e in seen[1:]] == [("invalid_message", "id-3")]

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
+import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -327,8 +331,6 @@ def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
 
 def own_state(**fields: Any) -> dict[str, Any]:
     """A state of this very process, so the CLI's real pid check passes."""
-    import time
-
     now = time.monotonic()
     base = {
         "pid": os.getpid(),
@@ -400,35 +402,163 @@ def test_check_with_an_unimportable_app_is_a_usage_error() -> None:
     assert "cannot load the app" in json.loads(done.stdout)["reason"]
 
 
-def test_the_probe_imports_neither_celery_nor_kombu_nor_pydantic(tmp_path: Path) -> None:
-    path = tmp_path / "w.json"
-    write_state(str(path), own_state())
-    env = {**os.environ, "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{ROOT}"}
+#: What the probe never imports: Celery's stack, pydantic, and the Celery-side health modules.
+NEVER_IMPORTED = {
+    "amqp",
+    "billiard",
+    "celery",
+    "kombu",
+    "prometheus_client",
+    "pydantic",
+    "pydantic_core",
+    "pydantic_settings",
+    "redis",
+    "structlog",
+    "tenacity",
+    "vine",
+    "celery_kit.health._beat",
+    "celery_kit.health._check",
+    "celery_kit.health._setup",
+    "celery_kit.health._step",
+}
+#: The app a worker container names; importable here, so a probe that imported it would succeed.
+APP_MODULE = "tests.integration.health_app"
+
+
+def probe_env(tmp_path: Path) -> dict[str, str]:
+    """The environment of a worker container: the app, its broker, the state files."""
+    return {
+        **os.environ,
+        "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{ROOT}",
+        "CELERY_APP": APP_MODULE,
+        "KIT_HEALTH_BROKER_URL": "redis://127.0.0.1:1/0",
+        "KIT_HEALTH_QUEUE": "unused",
+        "CELERY_KIT_HEALTH_FILE": str(tmp_path / "worker.json"),
+        "CELERY_KIT_HEALTH_BEAT_FILE": str(tmp_path / "beat.json"),
+    }
+
+
+#: ``python -m celery_kit.health ARGS`` as ``-m`` runs it (runpy), reporting at exit every
+#: module loaded meanwhile. ``-X importtime`` alone does not see a module loaded with
+#: ``importlib.import_module`` (how Celery loads ``-A`` apps); ``sys.modules`` does.
+WATCHED_PROBE = (
+    "import atexit, runpy, sys\n"
+    "before = set(sys.modules)\n"
+    "atexit.register(lambda: print('loaded:', *sorted(set(sys.modules) - before), file=sys.stderr))\n"
+    "runpy.run_module('celery_kit.health', run_name='__main__', alter_sys=True)\n"
+)
+
+
+def imported_by(stderr: str, *, watched: bool = True) -> set[str]:
+    """Every module an ``-X importtime`` run (of :data:`WATCHED_PROBE`) reports."""
+    names: set[str] = set()
+    for line in stderr.splitlines():
+        if line.startswith("import time:"):
+            names.add(line.rsplit("|", 1)[-1].strip())
+        elif line.startswith("loaded:"):
+            names.update(line.split()[1:])
+            watched = False
+    assert not watched, f"no at-exit report of the loaded modules: {stderr[-2000:]}"
+    return names - {"imported package"}
+
+
+@pytest.fixture(scope="module")
+def interpreter_startup(tmp_path_factory: pytest.TempPathFactory) -> set[str]:
+    """What ``python -c pass`` imports in the same environment (site, .pth hooks)."""
+    env = probe_env(tmp_path_factory.mktemp("startup"))
     done = subprocess.run(
-        [
-            sys.executable,
-            "-X",
-            "importtime",
-            "-m",
-            "celery_kit.health",
-            "worker",
-            "live",
-            "--file",
-            str(path),
-        ],
+        [sys.executable, "-X", "importtime", "-c", "pass"],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+    )
+    return imported_by(done.stderr, watched=False)
+
+
+def assert_standard_library_only(imported: set[str], startup: set[str]) -> None:
+    assert "celery_kit.health._cli" in imported  # the check sees the real import lines
+    assert APP_MODULE not in imported
+    assert {m for m in imported if m.split(".")[0] == "tests"} == set()
+    forbidden = {m for m in imported if m in NEVER_IMPORTED or m.split(".")[0] in NEVER_IMPORTED}
+    assert forbidden == set()
+    # Beyond the interpreter's own start, only the standard library and celery_kit itself.
+    # A name that resolves to nothing was only looked up (``copy`` asks for Jython's ``org``).
+    third_party = {
+        m
+        for m in imported - startup
+        if (top := m.split(".")[0]) not in sys.stdlib_module_names
+        and top != "celery_kit"
+        and importlib.util.find_spec(top) is not None
+    }
+    assert third_party == set()
+
+
+@pytest.mark.parametrize(
+    ("args", "code"),
+    [
+        (("worker", "live"), 0),
+        (("worker", "ready"), 0),
+        (("worker", "startup"), 0),
+        (("beat", "live"), 0),
+        (("beat", "ready"), 0),
+        (("beat", "startup"), 0),
+        (("worker", "live", "--file", "/nonexistent/celery-kit/worker.json"), 1),
+        (("worker", "live", "--max-age", "soon"), 64),
+    ],
+)
+def test_the_probe_imports_neither_celery_nor_pydantic_nor_the_app(
+    tmp_path: Path, interpreter_startup: set[str], args: tuple[str, ...], code: int
+) -> None:
+    env = probe_env(tmp_path)
+    write_state(env["CELERY_KIT_HEALTH_FILE"], own_state())
+    me = os.getpid()
+    write_state(
+        env["CELERY_KIT_HEALTH_BEAT_FILE"],
+        beat(pid=me, start_stamp=process_start_stamp(me), mono=time.monotonic()),
+    )
+    done = subprocess.run(
+        [sys.executable, "-X", "importtime", "-c", WATCHED_PROBE, *args],
         capture_output=True,
         text=True,
         env=env,
         timeout=60,
         check=False,
     )
-    assert done.returncode == 0, done.stdout + done.stderr
-    imported = {line.split("|")[-1].strip() for line in done.stderr.splitlines() if "|" in line}
-    assert "celery_kit.health._verdict" in imported  # the check sees real import lines
-    heavy = {
-        m for m in imported if m.split(".")[0] in {"celery", "kombu", "pydantic", "billiard", "structlog"}
-    }
-    assert heavy == set()
+    assert done.returncode == code, done.stdout + done.stderr[-2000:]
+    assert json.loads(done.stdout)["code"] == code
+    assert_standard_library_only(imported_by(done.stderr), interpreter_startup)
+
+
+def test_serve_imports_neither_celery_nor_pydantic_nor_the_app(
+    tmp_path: Path, interpreter_startup: set[str]
+) -> None:
+    env = probe_env(tmp_path)
+    write_state(env["CELERY_KIT_HEALTH_FILE"], own_state())
+    server = subprocess.Popen(
+        [sys.executable, "-X", "importtime", "-c", WATCHED_PROBE, "serve", "--port", "0"],
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    assert server.stderr is not None
+    lines: list[str] = []
+    try:
+        while not (lines and lines[-1].startswith("{")):
+            line = server.stderr.readline()
+            assert line, "".join(lines[-20:])
+            lines.append(line)
+        base = json.loads(lines[-1])["serving"]
+        for path in ("/livez", "/readyz", "/startupz", "/status"):  # every handler path runs
+            with urllib.request.urlopen(base + path, timeout=10) as response:
+                assert response.status == 200
+    finally:
+        server.send_signal(signal.SIGINT)  # a clean exit, so the at-exit report is written
+        rest = server.communicate(timeout=10)[1]
+    assert server.returncode == 0, rest[-2000:]
+    imported = imported_by("".join(lines) + rest)
+    assert "celery_kit.health._http" in imported
+    assert_standard_library_only(imported, interpreter_startup)
 
 
 def test_the_package_still_loads_its_public_names_lazily() -> None:

@@ -175,3 +175,86 @@ def test_hostile_context_headers_are_sanitised() -> None:
     assert _safe_context("not a dict") == {}
     assert _safe_context({"request_id": ["x"], "other": "y"}) == {}
     assert _safe_context({"request_id": "x" * 10_000})["request_id"] == "x" * 256
+
+
+def test_lifecycle_lines_render_what_the_structlog_chain_renders() -> None:
+    """The direct writer is a faster spelling of structlog's own chain, not another format."""
+    import re
+
+    from celery_kit import logging as kit_logging
+
+    ours, theirs = io.StringIO(), io.StringIO()
+    configure_logging(json=True, level="INFO", stream=ours)
+    reference = structlog.wrap_logger(
+        structlog.WriteLogger(theirs),
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            lambda _, __, event_dict: {**event_dict, "logger": "celery_kit.tasks"},
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.dict_tracebacks,
+            structlog.processors.JSONRenderer(),
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
+    )
+
+    class Custom:
+        def __repr__(self) -> str:
+            return "<custom>"
+
+    try:
+        structlog.contextvars.bind_contextvars(request_id="r-1", odd=Custom(), text="é\n")
+        for logger in (kit_logging.log, reference):
+            logger.info("task started", queue_wait_seconds=None)
+            logger.warning("task retrying", delay_seconds=1.5, reason="x")
+            logger.log(logging.ERROR, "task failed", exc_info=ValueError("boom"), final=True)
+            logger.debug("never written")
+    finally:
+        structlog.contextvars.clear_contextvars()
+        root = logging.getLogger()
+        for handler in [h for h in root.handlers if getattr(h, "_celery_kit_handler", False)]:
+            root.removeHandler(handler)
+        structlog.reset_defaults()
+    got, want = lines(ours), lines(theirs)
+    assert len(got) == len(want) == 3
+    iso = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{6})?Z$")
+    for mine, reference_line in zip(got, want, strict=True):
+        assert iso.match(mine.pop("timestamp"))
+        assert iso.match(reference_line.pop("timestamp"))
+        assert mine == reference_line
+    assert got[2]["exception"][0]["exc_type"] == "ValueError"
+
+
+def test_task_context_binding_matches_structlogs_bind_and_clear() -> None:
+    from celery_kit.logging import _bind_task_context, _clear_contextvars
+
+    try:
+        structlog.contextvars.bind_contextvars(leftover="x")
+        _clear_contextvars()
+        assert structlog.contextvars.get_contextvars() == {}
+        for task_id in ("t-1", "t-2"):  # the second call takes the cached path
+            _bind_task_context(task_id, "name", "q", 0, None, task_id)
+            assert structlog.contextvars.get_contextvars() == {
+                "task_id": task_id,
+                "task_name": "name",
+                "queue": "q",
+                "retries": 0,
+                "parent_id": None,
+                "root_id": task_id,
+            }
+        _clear_contextvars()
+        assert structlog.contextvars.get_contextvars() == {}
+    finally:
+        structlog.contextvars.clear_contextvars()
+
+
+def test_timestamps_have_the_iso_format_of_structlogs_stamper(monkeypatch: pytest.MonkeyPatch) -> None:
+    from celery_kit.logging import _UTCTimestamp
+
+    stamp = _UTCTimestamp()
+    monkeypatch.setattr("time.time_ns", lambda: 1_700_000_000_000_000_000)
+    assert stamp(None, "info", {})["timestamp"] == "2023-11-14T22:13:20Z"  # isoformat drops a zero fraction
+    monkeypatch.setattr("time.time_ns", lambda: 1_700_000_000_123_456_789)
+    assert stamp(None, "info", {})["timestamp"] == "2023-11-14T22:13:20.123456Z"
+    monkeypatch.setattr("time.time_ns", lambda: 1_700_000_001_000_001_000)
+    assert stamp(None, "info", {})["timestamp"] == "2023-11-14T22:13:21.000001Z"

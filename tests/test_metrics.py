@@ -78,3 +78,28 @@ def test_published_messages_are_counted_on_the_producer(app: Celery, registry: C
     pub.delay()
     pub.delay()
     assert value(registry, "t_task_published_total", task="m.pub", queue=app.conf.task_default_queue) == 2
+
+
+def test_messages_the_worker_discards_are_counted_by_reason_only() -> None:
+    registry = CollectorRegistry()
+    observer = MetricsObserver(TaskMetrics(registry, prefix="r"))
+    name = "r_worker_messages_rejected_total"
+    for reason in ("unknown_task", "decode_error", "content_type", "invalid_message"):
+        assert registry.get_sample_value(name, {"reason": reason}) == 0  # exported from the start
+    for reason in ("unknown_task", "unknown_task", "decode_error", "made-up reason"):
+        observer(
+            TaskEvent(EventType.MESSAGE_REJECTED, "attacker.chosen.name", "id", reason=reason, queue="q")
+        )
+    assert value(registry, name, reason="unknown_task") == 2
+    assert value(registry, name, reason="decode_error") == 1
+    assert value(registry, name, reason="content_type") == 0
+    assert value(registry, name, reason="invalid_message") == 1  # the label set stays closed
+    labels = {
+        key
+        for m in registry.collect()
+        if m.name == "r_worker_messages_rejected"
+        for s in m.samples
+        for key in s.labels
+    }
+    assert labels == {"reason"}  # never the publisher-chosen task name or routing key
+    assert value(registry, "r_task_started_total", task="attacker.chosen.name", queue="q") == 0

@@ -506,21 +506,3 @@ def test_warning_reads_with_its_fix() -> None:
     [warning] = check({**SAFE, "task_soft_time_limit": 50}, log=False)
     assert str(warning).startswith("[soft-limit-not-below-hard] ")
     assert "Fix: " in str(warning)
-
-
-def test_docs_opening_example_runs() -> None:
-    """The first example of docs/presets.md, run as written."""
-    from pathlib import Path
-
-    text = (Path(__file__).resolve().parents[1] / "docs" / "presets.md").read_text()
-    code = text.split("```python\n", 1)[1].split("```", 1)[0]
-    namespace: dict[str, Any] = {}
-    exec(compile(code, "docs/presets.md", "exec"), namespace)
-    conf = namespace["app"].conf
-    assert conf.celery_kit_preset == "reliable"
-    assert conf.task_routes == {
-        "app.tasks.email.*": {"queue": "email"},
-        "app.tasks.reports.*": {"queue": "reports"},
-    }
-    assert conf.task_annotations == {"*": {"rate_limit": "100/m"}}
-    assert check(conf, log=False) == []

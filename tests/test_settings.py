@@ -162,3 +162,42 @@ def test_invalid_secret_is_not_echoed(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_preset_refusing_the_broker_is_a_configuration_error() -> None:
     with pytest.raises(ConfigurationError, match="scheme 'kafka'"):
         KitSettings(broker_url="kafka://h:9092").celery_config()
+
+
+def test_preset_arguments_can_be_overridden_in_code(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CELERY_KIT_BROKER_URL", BROKER)
+    monkeypatch.setenv("CELERY_KIT_QUEUES", "email")
+    conf = KitSettings().celery_config(queues=["email", "reports"], route_prefix="app.tasks.", time_limit=400)
+    assert conf == production(
+        BROKER,
+        queues=["email", "reports"],
+        route_prefix="app.tasks.",
+        time_limit=400,
+        celery_kit_metrics_port=9808,
+        celery_kit_metrics_host="0.0.0.0",
+        celery_kit_alert_sinks=[],
+    )
+
+
+def test_health_file_alert_redis_and_metrics_off_reach_instrument(monkeypatch: pytest.MonkeyPatch) -> None:
+    from celery import Celery
+
+    from celery_kit import instrument
+
+    monkeypatch.setenv("CELERY_KIT_BROKER_URL", "memory://")
+    monkeypatch.setenv("CELERY_KIT_HEALTH_FILE", "/run/kit/%n.json")
+    monkeypatch.setenv("CELERY_KIT_ALERT_REDIS_URL", "redis://:hunter2@redis.internal:6379/3")
+    monkeypatch.setenv("CELERY_KIT_METRICS_PORT", "0")
+    settings = KitSettings()
+    assert "hunter2" not in repr(settings)
+    conf = settings.celery_config()
+    assert conf["celery_kit_health_file"] == "/run/kit/%n.json"
+    assert conf["celery_kit_metrics_port"] == 0
+    app = Celery("settings-to-instrument", set_as_current=False)
+    app.config_from_object(conf)
+    wired = instrument(app, logging=False)
+    assert wired.alerts is not None
+    assert type(wired.alerts.delivery.throttle).__name__ == "RedisThrottle"  # shared, not per process
+    assert wired.health is not None
+    assert wired.health.state_file == "/run/kit/%n.json"
+    app.close()

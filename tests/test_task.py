@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import tenacity
 from celery import Celery, chain, shared_task
-from celery.exceptions import SoftTimeLimitExceeded
+from celery.exceptions import Ignore, Reject, SoftTimeLimitExceeded
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel, Field, ValidationError
@@ -466,3 +466,42 @@ def test_retry_on_timeout_retries_after_the_cleanup(app: Celery) -> None:
     slow.apply(kwargs={"to": "a@b.c", "subject": "s"})
     assert calls == [1, 1, 1]
     assert cleaned == [1, 1, 1]
+
+
+def test_app_given_as_a_keyword_registers_on_that_app_only(app: Celery, unique: str) -> None:
+    @validated_task(app=app, shared=False, name=f"t.kw-{unique}")
+    def doubled(n: int) -> int:
+        return n * 2
+
+    assert isinstance(app.tasks[f"t.kw-{unique}"], ValidatedTask)
+    assert doubled.apply(("3",)).get() == 6
+    other = Celery(f"other-kw-{unique}", broker="memory://", set_as_current=False)
+    other.finalize()
+    assert f"t.kw-{unique}" not in other.tasks  # not a shared_task in disguise
+
+
+@pytest.mark.parametrize(
+    ("raised", "state"),
+    [
+        (Ignore(), "IGNORED"),
+        (Reject("bad", requeue=False), "REJECTED"),
+        (SoftTimeLimitExceeded(), "FAILURE"),
+    ],
+)
+def test_control_flow_and_soft_timeouts_are_never_retried_even_when_everything_is(
+    app: Celery, raised: Exception, state: str
+) -> None:
+    calls: list[int] = []
+
+    @validated_task(
+        app, shared=False, name="t.control", retry=RetryPolicy(retry_on=(Exception,), max_retries=5)
+    )
+    def control() -> None:
+        calls.append(1)
+        raise raised
+
+    seen = events_of(app)
+    result = control.apply()
+    assert result.state == state
+    assert calls == [1]
+    assert not [e for e in seen if e.type is EventType.RETRYING]

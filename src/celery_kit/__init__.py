@@ -23,7 +23,7 @@ if TYPE_CHECKING:
         PayloadValidationError,
         PermanentError,
     )
-    from ._events import Dispatcher, EventType, FailureKind, TaskEvent, dispatcher_for
+    from ._events import Dispatcher, EventType, FailureKind, RejectReason, TaskEvent, dispatcher_for
     from ._instrument import Instrumentation, instrument
     from ._retry import RetryPolicy
     from ._task import (
@@ -49,6 +49,7 @@ __all__ = [
     "PayloadTooLargeError",
     "PayloadValidationError",
     "PermanentError",
+    "RejectReason",
     "RetryPolicy",
     "TaskEvent",
     "ValidatedTask",
@@ -68,6 +69,7 @@ _EXPORTS = {
     "Dispatcher": "._events",
     "EventType": "._events",
     "FailureKind": "._events",
+    "RejectReason": "._events",
     "TaskEvent": "._events",
     "dispatcher_for": "._events",
     "Instrumentation": "._instrument",
@@ -80,7 +82,17 @@ _EXPORTS = {
     "validated_task": "._task",
 }
 #: Shown as living in ``celery_kit``, the import path users write.
-_REHOMED = ("Dispatcher", "EventType", "FailureKind", "Instrumentation", "TaskEvent", "instrument")
+_REHOMED = (
+    "Dispatcher",
+    "EventType",
+    "FailureKind",
+    "Instrumentation",
+    "RejectReason",
+    "TaskEvent",
+    "dispatcher_for",
+    "instrument",
+    "validated_task",
+)
 
 
 def _load() -> None:

@@ -7,16 +7,22 @@ the request as a :class:`~celery_kit._events.Classification`).
 
 Where each event comes from:
 
-=============  ======================================  ==================
-event          Celery signal                           process
-=============  ======================================  ==================
-PUBLISHED      ``before_task_publish``                 producer
-STARTED        ``task_prerun``                         pool process
-finished       ``task_postrun`` (state of the attempt) pool process
-FAILED (hard)  ``task_failure`` with a hard time       worker main process
-               limit or a lost pool process
-REVOKED        ``task_revoked``                        worker main process
-=============  ======================================  ==================
+================  ======================================  ===================
+event             Celery signal                           process
+================  ======================================  ===================
+PUBLISHED         ``before_task_publish``                 producer
+STARTED           ``task_prerun``                         pool process
+finished          ``task_postrun`` (state of the attempt) pool process
+FAILED (hard)     ``task_failure`` with a hard time       worker main process
+                  limit or a lost pool process
+REVOKED           ``task_revoked``                        worker main process
+MESSAGE_REJECTED  ``task_unknown``, ``task_rejected``,    worker main process
+                  Celery's decode-error callback
+================  ======================================  ===================
+
+Messages that never reach a task are reported through :class:`MessageGuard`, a consumer
+bootstep added to every observed app's worker: Celery sends no signal for a body it
+cannot decode, and a few malformed envelopes crash its consumer outright.
 """
 
 from __future__ import annotations
@@ -24,25 +30,28 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable, Container
 from datetime import datetime
 from typing import Any
 
-from celery import signals, states
+from celery import bootsteps, signals, states
 from celery._state import get_current_app
-from celery.exceptions import Retry, TimeLimitExceeded, WorkerLostError
+from celery.exceptions import InvalidTaskError, Retry, TimeLimitExceeded, WorkerLostError
+from kombu.exceptions import ContentDisallowed
 
 from ._events import (
     Classification,
     Dispatcher,
     EventType,
     FailureKind,
+    RejectReason,
     TaskEvent,
     classify,
     known_apps,
     publishing_app,
 )
 
-__all__ = ["PUBLISHED_AT_HEADER"]
+__all__ = ["PUBLISHED_AT_HEADER", "MessageGuard", "envelope_problem", "report_rejected_message"]
 
 #: Message header with the wall-clock publish time, for the queue-wait measurement.
 PUBLISHED_AT_HEADER = "celery_kit_published_at"
@@ -128,7 +137,7 @@ def _on_before_publish(
         return
     headers[PUBLISHED_AT_HEADER] = time.time()
     dispatcher = _publishing_dispatcher()
-    if dispatcher is not None:
+    if dispatcher is not None and dispatcher.wants(EventType.PUBLISHED):
         name = headers.get("task") or sender or "unknown"
         dispatcher.emit(TaskEvent(EventType.PUBLISHED, name, headers.get("id"), queue=routing_key or None))
 
@@ -139,6 +148,8 @@ def _on_prerun(task_id: str | None = None, task: Any = None, **_: Any) -> None:
         return
     request = task.request
     request._celery_kit_started = time.monotonic()
+    if not dispatcher.wants(EventType.STARTED):
+        return
     dispatcher.emit(
         TaskEvent(
             EventType.STARTED,
@@ -162,10 +173,12 @@ def _on_postrun(
         # being terminated at the hard time limit, or revoked with terminate=True); the
         # worker's main process reports it.
         return
+    event_type = _FINISHED_BY_STATE.get(state or "", EventType.FAILED)
+    if not dispatcher.wants(event_type):
+        return
     request = task.request
     started = getattr(request, "_celery_kit_started", None)
     duration = time.monotonic() - started if started is not None else None
-    event_type = _FINISHED_BY_STATE.get(state or "", EventType.FAILED)
     outcome: Classification | None = getattr(request, "_celery_kit_outcome", None)
     exception = retval if isinstance(retval, BaseException) else None
     kind: FailureKind | None = None
@@ -294,8 +307,194 @@ def _on_revoked(
     )
 
 
+# -- messages that never reach a task -----------------------------------------------------------
+
+#: Longest publisher-chosen text (task name, id, routing key, content type) an event carries.
+_MAX_TEXT = 200
+
+
+def _clip(value: Any) -> str | None:
+    if value is None:
+        return None
+    text = value if isinstance(value, str) else repr(value)
+    return text if len(text) <= _MAX_TEXT else f"{text[:_MAX_TEXT]}..."
+
+
+def report_rejected_message(
+    consumer: Any,
+    message: Any,
+    reason: RejectReason,
+    exception: BaseException | None,
+    *,
+    name: Any = None,
+    task_id: Any = None,
+) -> None:
+    """Emit the one ``MESSAGE_REJECTED`` event for a message the worker discarded.
+
+    Everything the event says about the message comes from whoever published it, so
+    each text is clipped, and the body is never read.
+    """
+    dispatcher = _dispatcher_of_app(getattr(consumer, "app", None))
+    if dispatcher is None:
+        return
+    headers = getattr(message, "headers", None)
+    if not isinstance(headers, dict):
+        headers = {}
+    info = getattr(message, "delivery_info", None) or {}
+    dispatcher.emit(
+        TaskEvent(
+            EventType.MESSAGE_REJECTED,
+            _clip(name if name is not None else headers.get("task")) or "unknown",
+            _clip(task_id if task_id is not None else headers.get("id")),
+            exception=exception,
+            reason=reason.value,
+            queue=_clip(info.get("routing_key") or info.get("exchange") or None),
+            detail=_clip(getattr(message, "content_type", None)),
+        )
+    )
+
+
+def _on_task_rejected(
+    sender: Any = None, message: Any = None, exc: BaseException | None = None, **_: Any
+) -> None:
+    """Celery rejected a message it could not read as a task (``on_invalid_task``,
+    ``on_unknown_message``), without requeueing it."""
+    if isinstance(exc, ContentDisallowed):
+        reason = RejectReason.CONTENT_TYPE
+    else:
+        reason = RejectReason.INVALID_MESSAGE
+        if exc is None:  # on_unknown_message says nothing more
+            exc = InvalidTaskError("not a task message: no 'task' header and no task named in the body")
+    report_rejected_message(sender, message, reason, exc)
+
+
+def _on_task_unknown(
+    sender: Any = None, message: Any = None, exc: BaseException | None = None, name: Any = None, **kwargs: Any
+) -> None:
+    """Celery rejected a message naming a task this worker does not have."""
+    report_rejected_message(
+        sender, message, RejectReason.UNKNOWN_TASK, exc, name=name, task_id=kwargs.get("id")
+    )
+
+
+def _body_problem(body: Any) -> str | None:
+    if not isinstance(body, (list, tuple)) or len(body) != 3:
+        return (
+            f"the body ({type(body).__name__}) is not the array [args, kwargs, embed] of "
+            "Celery's message protocol 2"
+        )
+    args, kwargs, embed = body
+    if not isinstance(args, (list, tuple)):
+        return f"args (body[0]) must be an array, not {type(args).__name__}"
+    if not isinstance(kwargs, dict):
+        return f"kwargs (body[1]) must be an object, not {type(kwargs).__name__}"
+    if embed is not None and not isinstance(embed, dict):
+        return f"embed (body[2]) must be an object or null, not {type(embed).__name__}"
+    return None
+
+
+def envelope_problem(message: Any, known_tasks: Container[str]) -> str | None:
+    """Why Celery's consumer would crash on ``message``; ``None`` if it can handle it.
+
+    Mirrors what Celery 5's ``on_task_received``, its default strategy and
+    ``Request.__init__`` assume without checking: a string task name and task id, and a
+    body of three parts. A message that breaks one of these raises out of the consumer:
+    the worker exits ("Unrecoverable error"), or on Redis reconnects in a loop, and the
+    unacknowledged message is delivered again -- a poison message. On RabbitMQ some are
+    held unacknowledged forever instead, taking a prefetch slot. Anything Celery already
+    reports (an undecodable body, a refused content type, no task header) is left to it.
+    The body is decoded here only where Celery decodes it anyway; kombu caches it.
+    """
+    headers = message.headers
+    if not isinstance(headers, dict):
+        return None  # Celery: an unknown message, rejected and reported
+    if "task" in headers:  # protocol 2
+        name = headers["task"]
+        if not isinstance(name, str):
+            return f"the 'task' header must be a string, not {type(name).__name__}"
+        task_id = headers.get("id")
+        if name in known_tasks:
+            try:
+                body = message.payload
+            except Exception:
+                return None  # Celery reports a body it cannot decode or must not accept
+            if isinstance(body, dict) and "args" in body:  # a hybrid protocol-1 body
+                task_id = headers.get("id", body.get("id"))
+            else:
+                problem = _body_problem(body)
+                if problem is not None:
+                    return problem
+    else:  # protocol 1: the body is a mapping naming the task
+        try:
+            body = message.payload
+        except Exception:
+            return None  # Celery reports it as a decode error
+        if not isinstance(body, dict) or "task" not in body:
+            return None  # Celery: an unknown message
+        if not isinstance(body["task"], str):
+            return f"the body's 'task' must be a string, not {type(body['task']).__name__}"
+        task_id = body.get("id")
+    if not isinstance(task_id, str):
+        return f"the task id ('id' header) must be a string, not {type(task_id).__name__}"
+    return None
+
+
+class MessageGuard(bootsteps.Step):  # type: ignore[misc]
+    """Consumer bootstep: every message the worker discards is reported, none crashes it.
+
+    Wraps two callbacks of this one consumer instance (nothing global, nothing in
+    Celery's classes), the way Celery's own consumer bootsteps set consumer attributes:
+
+    * ``on_decode_error`` -- Celery acknowledges a body it cannot decode and logs it, but
+      sends no signal; the wrapper reports it as ``decode_error``.
+    * ``create_task_handler`` -- the handler it builds first checks the envelope
+      (:func:`envelope_problem`) and hands a malformed message to Celery's own
+      ``on_invalid_task``, which logs it, rejects it without requeueing and sends
+      ``task_rejected``.
+
+    Added to the worker of every app that has a dispatcher (``instrument(app)``).
+    """
+
+    label = "celery_kit message guard"
+
+    def __init__(self, parent: Any, **kwargs: Any) -> None:
+        super().__init__(parent, **kwargs)
+        consumer = parent
+        on_decode_error: Callable[[Any, BaseException], None] = consumer.on_decode_error
+        create_task_handler: Callable[..., Callable[[Any], Any]] = consumer.create_task_handler
+
+        def reported_decode_error(message: Any, exc: BaseException) -> None:
+            on_decode_error(message, exc)  # logs, then acknowledges: never redelivered
+            report_rejected_message(consumer, message, RejectReason.DECODE_ERROR, exc)
+
+        def guarded_task_handler(*args: Any, **kwargs: Any) -> Callable[[Any], Any]:
+            handler = create_task_handler(*args, **kwargs)
+            known_tasks = consumer.strategies  # updated in place on every reconnect
+
+            def on_task_received(message: Any) -> Any:
+                problem = envelope_problem(message, known_tasks)
+                if problem is not None:
+                    return consumer.on_invalid_task(None, message, InvalidTaskError(problem))
+                return handler(message)
+
+            return on_task_received
+
+        consumer.on_decode_error = reported_decode_error
+        consumer.create_task_handler = guarded_task_handler
+
+
+def _add_message_guard(sender: Any = None, **_: Any) -> None:
+    """At ``worker_init``, before the consumer exists: guard observed apps' consumers."""
+    app = getattr(sender, "app", None)
+    if app is not None and getattr(app, "_celery_kit_dispatcher", None) is not None:
+        app.steps["consumer"].add(MessageGuard)
+
+
 signals.before_task_publish.connect(_on_before_publish, weak=False, dispatch_uid="celery_kit.before_publish")
 signals.task_prerun.connect(_on_prerun, weak=False, dispatch_uid="celery_kit.prerun")
 signals.task_postrun.connect(_on_postrun, weak=False, dispatch_uid="celery_kit.postrun")
 signals.task_failure.connect(_on_failure, weak=False, dispatch_uid="celery_kit.failure")
 signals.task_revoked.connect(_on_revoked, weak=False, dispatch_uid="celery_kit.revoked")
+signals.task_rejected.connect(_on_task_rejected, weak=False, dispatch_uid="celery_kit.task_rejected")
+signals.task_unknown.connect(_on_task_unknown, weak=False, dispatch_uid="celery_kit.task_unknown")
+signals.worker_init.connect(_add_message_guard, weak=False, dispatch_uid="celery_kit.message_guard")

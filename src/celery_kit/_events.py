@@ -12,6 +12,11 @@ Per attempt a worker emits ``STARTED`` and then exactly one of ``SUCCEEDED``,
 when the pool process died or was killed at the hard time limit, ``FAILED`` from the
 worker's main process. ``REVOKED`` comes from the main process. Producers emit
 ``PUBLISHED``, and ``REFUSED`` when caller-side validation refuses a payload.
+
+``MESSAGE_REJECTED`` is not about an attempt: the worker's main process emits it once
+for each message it threw away before any task saw it (see :class:`RejectReason`).
+Celery acknowledges or rejects such a message itself, without requeueing it, so it can
+never come back as a poison message; the event is how observers learn that it existed.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ __all__ = [
     "EventType",
     "FailureKind",
     "Observer",
+    "RejectReason",
     "TaskEvent",
     "classify",
     "dispatcher_for",
@@ -63,6 +69,26 @@ class EventType(str, enum.Enum):
     REJECTED = "rejected"
     IGNORED = "ignored"
     REVOKED = "revoked"
+    #: A message the worker discarded before any task ran; ``reason`` is a :class:`RejectReason`.
+    MESSAGE_REJECTED = "message_rejected"
+
+
+class RejectReason(str, enum.Enum):
+    """Why the worker discarded a message before any task saw it.
+
+    The values are the ``reason`` label of ``celery_worker_messages_rejected_total``: a
+    closed set, because everything else about such a message (its task name, its
+    routing key) is chosen by whoever published it.
+    """
+
+    #: No task of that name is registered on this worker (Celery: ``task_unknown``).
+    UNKNOWN_TASK = "unknown_task"
+    #: The body is not valid for its content type (bad JSON); Celery acknowledges it.
+    DECODE_ERROR = "decode_error"
+    #: The content type is not in ``accept_content`` -- pickle, for one.
+    CONTENT_TYPE = "content_type"
+    #: Not a task message: no task header, or a body that is not ``[args, kwargs, embed]``.
+    INVALID_MESSAGE = "invalid_message"
 
 
 #: Events that end an attempt.
@@ -105,7 +131,8 @@ class TaskEvent:
     final: bool = False
     exception: BaseException | None = None
     retries: int = 0
-    #: ``"retries exhausted"``, ``"deadline"``, ``"not retriable"``, ``"soft time limit"`` ...
+    #: ``"retries exhausted"``, ``"deadline"``, ``"not retriable"``, ``"soft time limit"`` ...;
+    #: a :class:`RejectReason` value for ``MESSAGE_REJECTED``.
     reason: str = ""
     #: Seconds until the next attempt, for ``RETRYING`` events.
     delay: float | None = None
@@ -115,7 +142,8 @@ class TaskEvent:
     duration: float | None = None
     #: Seconds the message waited in the queue (ETA/countdown excluded), for ``STARTED``.
     queue_wait: float | None = None
-    #: ``"soft"`` or ``"hard"`` for timeouts; ``"caller"`` or ``"worker"`` for refused payloads.
+    #: ``"soft"`` or ``"hard"`` for timeouts; ``"caller"`` or ``"worker"`` for refused
+    #: payloads; the message's content type for ``MESSAGE_REJECTED``.
     detail: str | None = None
     #: The Celery request context (headers, root id, hostname ...), when there is one.
     request: Any = field(default=None, repr=False, compare=False)
@@ -147,29 +175,49 @@ def classify(exc: BaseException) -> FailureKind:
 
 
 class Dispatcher:
-    """Fans task events out to the observers subscribed for one app."""
+    """Fans task events out to the observers subscribed for one app.
+
+    An observer may declare the event types it reads as an ``event_types`` attribute (a
+    collection of :class:`EventType`); it is then called for those only, and an event
+    type no observer reads is not even built (:meth:`wants`). Without the attribute an
+    observer gets every event.
+    """
 
     def __init__(self) -> None:
         self._observers: tuple[Observer, ...] = ()
+        self._routes: dict[EventType, tuple[Observer, ...]] = {}
         self._lock = threading.Lock()
 
     @property
     def observers(self) -> tuple[Observer, ...]:
         return self._observers
 
+    def wants(self, event_type: EventType) -> bool:
+        """Whether any subscribed observer reads events of ``event_type``."""
+        return event_type in self._routes
+
+    def _set_observers(self, observers: tuple[Observer, ...]) -> None:
+        routes: dict[EventType, tuple[Observer, ...]] = {}
+        for event_type in EventType:
+            takers = tuple(o for o in observers if event_type in getattr(o, "event_types", (event_type,)))
+            if takers:
+                routes[event_type] = takers
+        self._routes = routes
+        self._observers = observers
+
     def subscribe(self, observer: Observer) -> Observer:
         """Add ``observer`` (idempotent); returns it, so it works as a decorator."""
         with self._lock:
             if observer not in self._observers:
-                self._observers = (*self._observers, observer)
+                self._set_observers((*self._observers, observer))
         return observer
 
     def unsubscribe(self, observer: Observer) -> None:
         with self._lock:
-            self._observers = tuple(o for o in self._observers if o is not observer)
+            self._set_observers(tuple(o for o in self._observers if o is not observer))
 
     def emit(self, event: TaskEvent) -> None:
-        for observer in self._observers:
+        for observer in self._routes.get(event.type, ()):
             try:
                 observer(event)
             except Exception:

@@ -24,6 +24,10 @@ METRICS_PORT_SETTING = "celery_kit_metrics_port"
 METRICS_HOST_SETTING = "celery_kit_metrics_host"
 DEFAULT_METRICS_PORT = 9808
 ALERT_SINKS_SETTING = "celery_kit_alert_sinks"
+#: ``app.conf`` keys ``KitSettings.celery_config()`` fills: the shared alert throttle's
+#: Redis and the heartbeat file.
+ALERT_REDIS_SETTING = "celery_kit_alert_redis_url"
+HEALTH_FILE_SETTING = "celery_kit_health_file"
 
 
 _DEFAULT: Any = object()
@@ -114,7 +118,11 @@ def instrument(
     alert_observer = None
     if alerts is _DEFAULT:
         configured = app.conf.get(ALERT_SINKS_SETTING)
-        alerts = Alerting(sinks=sinks_from_urls(configured)) if configured else Alerting()
+        redis_url = _secret(app.conf.get(ALERT_REDIS_SETTING))
+        sinks = sinks_from_urls(configured) if configured else None
+        alerts = (
+            Alerting(redis_url=redis_url) if sinks is None else Alerting(sinks=sinks, redis_url=redis_url)
+        )
     alerting = alerts
     if alerting:
         from . import alerts as kit_alerts
@@ -134,11 +142,19 @@ def instrument(
     if health:
         from . import health as kit_health
 
-        health_setup = kit_health.install(app, state_file=health_file)
+        health_setup = kit_health.install(app, state_file=health_file or app.conf.get(HEALTH_FILE_SETTING))
     _check_config_at_worker_start(app)
     result = Instrumentation(app, logging, metrics_setup, alert_observer, health_setup)
     app._celery_kit_instrumentation = result
     return result
+
+
+def _secret(value: Any) -> str | None:
+    """A setting that may hold a :class:`~pydantic.SecretStr` (from ``KitSettings``)."""
+    if value is None or value == "":
+        return None
+    reveal = getattr(value, "get_secret_value", None)
+    return str(reveal() if reveal is not None else value)
 
 
 def _check_config_at_worker_start(app: Celery) -> None:

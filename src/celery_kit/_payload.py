@@ -27,7 +27,13 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
-from pydantic_core import InitErrorDetails, PydanticSerializationError, to_json, to_jsonable_python
+from pydantic_core import (
+    InitErrorDetails,
+    PydanticCustomError,
+    PydanticSerializationError,
+    to_json,
+    to_jsonable_python,
+)
 from typing_extensions import NotRequired, TypedDict
 
 from ._errors import ConfigurationError, PayloadTooLargeError, PayloadValidationError
@@ -182,23 +188,36 @@ class PayloadSchema:
 
     def validate(self, args: tuple[Any, ...] | list[Any], kwargs: Mapping[str, Any]) -> BoundPayload:
         """Validate call arguments; raise :class:`pydantic.ValidationError` when they do not fit."""
-        self._ensure_built()
-        if self.model is not None:
-            model = self.model.model_validate(self._single_input(args, kwargs))
+        return BoundPayload(*self.validate_call(args, kwargs))
+
+    def validate_call(
+        self, args: tuple[Any, ...] | list[Any], kwargs: Mapping[str, Any]
+    ) -> tuple[tuple[Any, ...], dict[str, Any], Any]:
+        """:meth:`validate` as a plain ``(args, kwargs, payload)`` tuple, for the task path.
+
+        Calls the compiled validators directly (``model_validate()`` and
+        ``TypeAdapter.validate_python()`` only forward to them).
+        """
+        if not self._built:
+            self._ensure_built()
+        model = self.model
+        if model is not None:
+            data = args[0] if len(args) == 1 and not kwargs else self._single_input(args, kwargs)
+            value = model.__pydantic_validator__.validate_python(data)
             if self.keyword_only:
-                return BoundPayload((), {self.param_name: model}, model)
-            return BoundPayload((model,), {}, model)
+                return (), {self.param_name: value}, value
+            return (value,), {}, value
         data, extra_args, extra_kwargs = self._bind(args, kwargs)
-        validated = self.arguments.validate_python(data)
+        validated = self.arguments.validator.validate_python(data)
         if extra_args:
-            extra_args = self.varargs.validate_python(extra_args)  # type: ignore[union-attr]
+            extra_args = self.varargs.validator.validate_python(extra_args)  # type: ignore[union-attr]
         call_args = self._split(validated, extra_args)
         if extra_kwargs:
-            validated_extra = self.varkw.validate_python(extra_kwargs)  # type: ignore[union-attr]
+            validated_extra = self.varkw.validator.validate_python(extra_kwargs)  # type: ignore[union-attr]
             call_kwargs = {**validated, **validated_extra}
         else:
             call_kwargs = validated
-        return BoundPayload(call_args, call_kwargs, validated)
+        return call_args, call_kwargs, validated
 
     def to_wire(
         self, args: tuple[Any, ...] | list[Any] | None, kwargs: Mapping[str, Any] | None
@@ -206,24 +225,26 @@ class PayloadSchema:
         """Validate, then dump to the plain-JSON form that goes on the wire."""
         args = args or ()
         kwargs = kwargs or {}
-        self._ensure_built()
-        if self.model is not None:
-            model = self.model.model_validate(self._single_input(args, kwargs))
-            dumped = self._dump(self.model_adapter, model)
+        if not self._built:
+            self._ensure_built()
+        model = self.model
+        if model is not None:
+            data = args[0] if len(args) == 1 and not kwargs else self._single_input(args, kwargs)
+            dumped = self._dump(self.model_adapter, model.__pydantic_validator__.validate_python(data))
             if self.keyword_only:
                 return (), {self.param_name: dumped}
             return (dumped,), {}
         data, extra_args, extra_kwargs = self._bind(args, kwargs)
-        wire = self._dump(self.arguments, self.arguments.validate_python(data))
+        wire = self._dump(self.arguments, self.arguments.validator.validate_python(data))
         if extra_args:
             varargs = self.varargs
             assert varargs is not None  # _bind refuses extra positionals without *args
-            extra_args = tuple(self._dump(varargs, varargs.validate_python(extra_args)))
+            extra_args = tuple(self._dump(varargs, varargs.validator.validate_python(extra_args)))
         wire_args = self._split(wire, extra_args)
         if extra_kwargs:
             varkw = self.varkw
             assert varkw is not None  # _bind keeps unknown keywords only with **kwargs
-            wire.update(self._dump(varkw, varkw.validate_python(extra_kwargs)))
+            wire.update(self._dump(varkw, varkw.validator.validate_python(extra_kwargs)))
         return wire_args, wire
 
     def _dump(self, adapter: TypeAdapter[Any], value: Any) -> Any:
@@ -233,16 +254,57 @@ class PayloadSchema:
         would deliver asterisks to the worker; schemas with secrets take a slower path that
         sends the real value (logs, results and stored errors still never show it).
         """
+        # ``adapter.serializer.to_python`` is what ``adapter.dump_python`` forwards to.
         if not self.has_secrets:
-            return adapter.dump_python(value, mode="json")
-        return to_jsonable_python(_reveal(adapter.dump_python(value, mode="python")))
+            return adapter.serializer.to_python(value, mode="json")
+        return to_jsonable_python(_reveal(adapter.serializer.to_python(value, mode="python")))
 
     def check_size(self, wire_args: tuple[Any, ...], wire_kwargs: dict[str, Any], limit: int) -> None:
-        """Raise :class:`PayloadTooLargeError` when the JSON payload exceeds ``limit`` bytes."""
+        """Raise :class:`PayloadTooLargeError` when the JSON payload exceeds ``limit`` bytes.
+
+        Raises:
+            pydantic.ValidationError: the payload cannot be encoded as JSON at all (a lone
+                surrogate in a string, say), which pydantic's validation lets through.
+        """
         if limit > 0:
-            size = len(to_json((wire_args, wire_kwargs)))
+            try:
+                size = len(to_json((wire_args, wire_kwargs)))
+            except (PydanticSerializationError, UnicodeError) as exc:
+                raise self.unencodable(exc) from None
             if size > limit:
                 raise PayloadTooLargeError(self.name, size, limit)
+
+    def unencodable(self, exc: Exception) -> ValidationError:
+        """A caller-side ``ValidationError`` for a payload JSON cannot carry.
+
+        The offending value is not quoted: it may be a secret.
+        """
+        reason = "a string holds a lone surrogate or bytes are not UTF-8"
+        if not isinstance(exc, UnicodeError) and "surrogate" not in str(exc).lower():
+            reason = type(exc).__name__
+        detail: InitErrorDetails = {
+            "type": PydanticCustomError(
+                "json_unencodable", "payload cannot be encoded as JSON: {reason}", {"reason": reason}
+            ),
+            "loc": (),
+            "input": "<not shown>",
+        }
+        return ValidationError.from_exception_data(self.title, [detail])
+
+    def masked_reprs(self, wire_args: tuple[Any, ...], wire_kwargs: dict[str, Any]) -> tuple[str, str]:
+        """``argsrepr``/``kwargsrepr`` headers with secrets masked.
+
+        Celery shows these (Flower, ``celery inspect``, task events); left to Celery they
+        would be the wire payload, which carries secrets in clear for the worker.
+        Re-validating the wire form costs a second validation, paid by secret-bearing
+        tasks only.
+        """
+        from celery.utils.saferepr import saferepr
+
+        call_args, call_kwargs, _ = self.validate_call(wire_args, wire_kwargs)
+        masked_args = [self.dump_result(value) for value in call_args]
+        masked_kwargs = {key: self.dump_result(value) for key, value in call_kwargs.items()}
+        return saferepr(masked_args, 1024), saferepr(masked_kwargs, 1024)
 
     def _single_input(self, args: tuple[Any, ...] | list[Any], kwargs: Mapping[str, Any]) -> Any:
         if args:

@@ -1,8 +1,9 @@
 """The worker-side request class of kit tasks (imported by workers only, by name).
 
 Celery 5.7 sends ``task_failure`` from the worker's main process when the hard time limit
-kills a pool process; 5.5 and 5.6 only mark the result. Reporting the timeout here as
-well covers every supported version; the bridge reports each attempt once.
+kills a pool process, but without the request on the task's stack; 5.5 and 5.6 only mark
+the result. Reporting the timeout here, first and with the message's own context, covers
+every supported version; the bridge reports each attempt once.
 """
 
 from __future__ import annotations
@@ -17,6 +18,9 @@ __all__ = ["KitRequest"]
 
 class KitRequest(Request):  # type: ignore[misc]
     def on_timeout(self, soft: bool, timeout: float) -> None:
-        super().on_timeout(soft, timeout)
+        # Report before Celery does: Celery 5.7's ``task_failure`` for a hard limit comes
+        # without the request on the task's stack (queue, root id and retries would read
+        # as empty); this report carries the message's real context and wins the dedupe.
         if not soft:
             report_main_process_failure(self.task, self.id, TimeLimitExceeded(timeout), self._context)
+        super().on_timeout(soft, timeout)

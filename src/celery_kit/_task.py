@@ -26,6 +26,7 @@ import celery
 from celery import shared_task, signals
 from celery.exceptions import Ignore, Reject, Retry, SoftTimeLimitExceeded
 from pydantic import BaseModel, ValidationError
+from pydantic_core import PydanticSerializationError
 from tenacity import wait_fixed
 
 from . import _bridge  # noqa: F401  -- tasks and instrument need the signal receivers
@@ -59,28 +60,35 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def _wrap_run(fun: Callable[..., Any], bound: bool, schema: PayloadSchema) -> Callable[..., Any]:
-    """Build the ``run`` Celery executes: validate, call, dump, decide on failure."""
+    """Build the ``run`` Celery executes: validate, call, dump, decide on failure.
+
+    This runs once per attempt, so everything that can be is looked up here, once; the
+    request (a lookup through Celery's thread-local stack) is read only when needed.
+    """
+    validate = schema.validate_call
+    dump_result = schema.dump_result
 
     def run(self: ValidatedTask, *args: Any, **kwargs: Any) -> Any:
-        request = self.request
         try:
-            call = schema.validate(args, kwargs)
+            call_args, call_kwargs, payload = validate(args, kwargs)
         except ValidationError as exc:
+            request = self.request
             if request.called_directly:
                 raise
             self._reject_payload(exc, request)
         if self._keep_payload:
-            request._celery_kit_payload = call.payload
+            self.request._celery_kit_payload = payload
         started = time.time()
         try:
-            result = fun(self, *call.args, **call.kwargs) if bound else fun(*call.args, **call.kwargs)
+            result = fun(self, *call_args, **call_kwargs) if bound else fun(*call_args, **call_kwargs)
         except _CONTROL_FLOW:
             raise
         except Exception as exc:
+            request = self.request
             if request.called_directly:
                 raise
-            self._handle_failure(exc, request, call.payload, started)
-        return schema.dump_result(result)
+            self._handle_failure(exc, request, payload, started)
+        return dump_result(result)
 
     run.__name__ = getattr(fun, "__name__", "run")
     run.__qualname__ = getattr(fun, "__qualname__", "run")
@@ -256,8 +264,13 @@ class ValidatedTask(celery.Task):  # type: ignore[misc]
                     "your workers). Use serializer='json' (task_serializer='json')."
                 )
             try:
-                args, kwargs = schema.to_wire(args, kwargs)
+                try:
+                    args, kwargs = schema.to_wire(args, kwargs)
+                except (PydanticSerializationError, UnicodeError) as exc:  # bytes not UTF-8
+                    raise schema.unencodable(exc) from None
                 schema.check_size(args, kwargs, self._payload_limit)
+                if schema.has_secrets and "argsrepr" not in options:
+                    options["argsrepr"], options["kwargsrepr"] = schema.masked_reprs(args, kwargs)
             except (ValidationError, PayloadTooLargeError) as exc:
                 self._refused(exc)
                 if isinstance(exc, ValidationError) and "parent_id" in options and "root_id" in options:
@@ -282,11 +295,10 @@ class ValidatedTask(celery.Task):  # type: ignore[misc]
         schema = self.payload_schema
         if schema is not None:
             try:
-                call = schema.validate(args or (), kwargs or {})
+                args, kwargs, _ = schema.validate_call(args or (), kwargs or {})
             except ValidationError as exc:
                 self._refused(exc)
                 raise
-            args, kwargs = call.args, call.kwargs
         return super().apply(args, kwargs, *rest, **options)
 
     def _refused(self, exc: Exception) -> None:
@@ -413,11 +425,11 @@ ValidatedTask.__module__ = "celery_kit"
 def validated_task(app: Callable[..., Any], /) -> ValidatedTask: ...
 @overload
 def validated_task(
-    app: celery.Celery | None = None, /, **options: Any
+    app: celery.Celery | None = None, **options: Any
 ) -> Callable[[Callable[..., Any]], ValidatedTask]: ...
 
 
-def validated_task(app: Any = None, /, **options: Any) -> Any:
+def validated_task(app: Any = None, **options: Any) -> Any:
     """Register a function as a :class:`ValidatedTask`.
 
     ``@validated_task(app, **celery_task_options)`` registers it on ``app``; without an

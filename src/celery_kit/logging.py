@@ -18,16 +18,21 @@ then ``SecretStr``/``SecretBytes`` fields are masked.
 
 from __future__ import annotations
 
+import contextvars
 import logging as std_logging
 import sys
+import time
 import uuid
-from collections.abc import Iterable, MutableMapping
+from collections.abc import Callable, Iterable, MutableMapping, Sequence
+from datetime import datetime, timezone
+from json import JSONEncoder
+from json import encoder as json_encoder
 from typing import IO, Any, TextIO, cast
 
 import structlog
 from celery import signals
 
-from ._events import FailureKind, TaskEvent
+from ._events import EventType, FailureKind, TaskEvent
 from ._payload import PayloadSchema
 
 __all__ = [
@@ -53,9 +58,168 @@ _TASKS_LOGGER = "celery_kit.tasks"
 log: Any = structlog.get_logger(_TASKS_LOGGER)
 
 
-def _add_tasks_logger_name(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-    event_dict["logger"] = _TASKS_LOGGER
+# -- per-line work: structlog's general processors, specialised to what is fixed here ----------
+#
+# Every task attempt writes two lines, so each of these runs twice per task. Each one
+# writes exactly what the structlog processor it replaces writes.
+
+#: structlog keeps each context key in its own ContextVar named with this prefix; an
+#: unset (unbound, cleared) key holds ``...``.
+_CONTEXT_PREFIX = structlog.contextvars.STRUCTLOG_KEY_PREFIX
+_CONTEXT_PREFIX_LEN = len(_CONTEXT_PREFIX)
+
+
+def _merge_contextvars(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """``structlog.contextvars.merge_contextvars`` in one pass over the context."""
+    for var, value in contextvars.copy_context().items():
+        if value is not Ellipsis:
+            name = var.name
+            if name.startswith(_CONTEXT_PREFIX):
+                event_dict.setdefault(name[_CONTEXT_PREFIX_LEN:], value)
     return event_dict
+
+
+def _clear_contextvars() -> None:
+    """``structlog.contextvars.clear_contextvars``, touching only the keys that are set."""
+    for var, value in contextvars.copy_context().items():
+        if value is not Ellipsis and var.name.startswith(_CONTEXT_PREFIX):
+            var.set(Ellipsis)
+
+
+class _UTCTimestamp:
+    """``TimeStamper(fmt="iso", utc=True)``, formatting the date and time once a second."""
+
+    def __init__(self) -> None:
+        # One tuple, replaced whole: a thread never pairs one second with another's text.
+        self._second: tuple[int, str] = (-1, "")
+
+    def __call__(self, _: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+        second, nanos = divmod(time.time_ns(), 1_000_000_000)
+        cached = self._second
+        if cached[0] != second:
+            text = datetime.fromtimestamp(second, timezone.utc).replace(tzinfo=None).isoformat()
+            cached = self._second = (second, text)
+        micros = nanos // 1000
+        # Like isoformat(), which leaves out a zero fraction.
+        event_dict["timestamp"] = f"{cached[1]}.{micros:06d}Z" if micros else f"{cached[1]}Z"
+        return event_dict
+
+
+class _JSONRenderer:
+    """Renders what ``structlog.processors.JSONRenderer()`` renders -- ``json.dumps`` with
+    structlog's fallback for other types -- with the encoder built once, not per line
+    (``json.dumps(..., default=...)`` builds a new one on every call)."""
+
+    def __init__(self) -> None:
+        captured: dict[str, Any] = {}
+
+        def capture(_: Any, **options: Any) -> str:
+            captured.update(options)
+            return ""
+
+        structlog.processors.JSONRenderer(serializer=capture)(None, "", {})
+        default = captured.get("default")
+        self._encode = JSONEncoder(default=default).encode
+        self._iterencode: Callable[[Any, int], Any] | None = None
+        make = getattr(json_encoder, "c_make_encoder", None)
+        if make is None:
+            return
+        try:  # check_circular=False keeps no per-call state: one encoder serves every thread
+            iterencode = make(
+                None, default, json_encoder.encode_basestring_ascii, None, ": ", ", ", False, False, True
+            )
+            probe = {"event": "é\n", "n": 1.5, "nan": float("nan"), "list": [None, "x"], "obj": object()}
+            if "".join(iterencode(probe, 0)) == self._encode(probe):
+                self._iterencode = iterencode
+        except Exception:  # another interpreter's private encoder: keep the documented one
+            pass
+
+    def __call__(self, _: Any, __: str, event_dict: MutableMapping[str, Any]) -> str:
+        iterencode = self._iterencode
+        if iterencode is None:
+            return self._encode(event_dict)
+        return "".join(iterencode(event_dict, 0))
+
+
+_LEVEL_NAMES = {
+    std_logging.DEBUG: "debug",
+    std_logging.INFO: "info",
+    std_logging.WARNING: "warning",
+    std_logging.ERROR: "error",
+    std_logging.CRITICAL: "critical",
+}
+
+
+def _dict_tracebacks_if_any(
+    logger: Any, method: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """``dict_tracebacks``, called only when there is an ``exc_info`` (without one it does nothing)."""
+    if "exc_info" in event_dict:
+        return structlog.processors.dict_tracebacks(logger, method, event_dict)
+    return event_dict
+
+
+class _LineLogger:
+    """The lifecycle lines' writer once :func:`configure_logging` ran.
+
+    Writes what ``structlog.wrap_logger(WriteLogger(stream), processors=[merge_contextvars,
+    add_log_level, <logger name>, <timestamp>, *renderers], wrapper_class=
+    make_filtering_bound_logger(level))`` writes for the calls the observer makes (fields
+    by keyword, no ``%`` interpolation): the first four steps inlined, and none of the
+    bound-logger layers, which together cost more than rendering the line.
+    """
+
+    def __init__(
+        self, stream: TextIO, level: int, timestamp: _UTCTimestamp, renderers: Sequence[Any]
+    ) -> None:
+        self._logger = structlog.WriteLogger(stream)
+        self._level = level
+        self._timestamp = timestamp
+        self._renderers = tuple(
+            _dict_tracebacks_if_any if r is structlog.processors.dict_tracebacks else r for r in renderers
+        )
+
+    def _emit(self, method: str, event: str, fields: dict[str, Any]) -> None:
+        fields["event"] = event
+        for var, value in contextvars.copy_context().items():  # merge_contextvars
+            if value is not Ellipsis:
+                name = var.name
+                if name.startswith(_CONTEXT_PREFIX):
+                    fields.setdefault(name[_CONTEXT_PREFIX_LEN:], value)
+        fields["level"] = method  # add_log_level: the methods here are the level names
+        fields["logger"] = _TASKS_LOGGER
+        logger = self._logger
+        line: Any = self._timestamp(logger, method, fields)
+        try:
+            for renderer in self._renderers:
+                line = renderer(logger, method, line)
+        except structlog.DropEvent:
+            return
+        logger.msg(line)
+
+    def log(self, level: int, event: str, **fields: Any) -> None:
+        if level >= self._level:
+            self._emit(_LEVEL_NAMES.get(level) or std_logging.getLevelName(level).lower(), event, fields)
+
+    def debug(self, event: str, **fields: Any) -> None:
+        if self._level <= std_logging.DEBUG:
+            self._emit("debug", event, fields)
+
+    def info(self, event: str, **fields: Any) -> None:
+        if self._level <= std_logging.INFO:
+            self._emit("info", event, fields)
+
+    def warning(self, event: str, **fields: Any) -> None:
+        if self._level <= std_logging.WARNING:
+            self._emit("warning", event, fields)
+
+    def error(self, event: str, **fields: Any) -> None:
+        if self._level <= std_logging.ERROR:
+            self._emit("error", event, fields)
+
+    def critical(self, event: str, **fields: Any) -> None:
+        if self._level <= std_logging.CRITICAL:
+            self._emit("critical", event, fields)
 
 
 def configure_logging(
@@ -77,11 +241,12 @@ def configure_logging(
     stream = stream or sys.stderr
     if json is None:
         json = not (hasattr(stream, "isatty") and stream.isatty())
+    timestamp = _UTCTimestamp()
     shared: list[Any] = [
-        structlog.contextvars.merge_contextvars,
+        _merge_contextvars,
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
-        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        timestamp,
         structlog.processors.StackInfoRenderer(),
     ]
     structlog.configure(
@@ -96,23 +261,13 @@ def configure_logging(
     )
     final: list[Any] = [structlog.stdlib.ProcessorFormatter.remove_processors_meta]
     if json:
-        final += [structlog.processors.dict_tracebacks, structlog.processors.JSONRenderer()]
+        final += [structlog.processors.dict_tracebacks, _JSONRenderer()]
     else:
         final.append(structlog.dev.ConsoleRenderer())
     formatter = structlog.stdlib.ProcessorFormatter(foreign_pre_chain=shared, processors=final)
     numeric_level = std_logging.getLevelName(level.upper()) if isinstance(level, str) else level
     global log
-    log = structlog.wrap_logger(
-        structlog.WriteLogger(cast("TextIO", stream)),
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            _add_tasks_logger_name,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            *final[1:],
-        ],
-        wrapper_class=structlog.make_filtering_bound_logger(numeric_level),
-    )
+    log = _LineLogger(cast("TextIO", stream), numeric_level, timestamp, final[1:])
     handler = std_logging.StreamHandler(stream)
     handler.setFormatter(formatter)
     setattr(handler, _handler_marker, True)
@@ -140,10 +295,23 @@ def _safe_context(raw: Any) -> dict[str, Any]:
     return safe
 
 
+def _propagated_context() -> dict[str, Any]:
+    """``_safe_context(structlog.contextvars.get_contextvars())`` in one pass over the context."""
+    safe = {}
+    for var, value in contextvars.copy_context().items():
+        if value is not Ellipsis and isinstance(value, _JSON_SCALARS):
+            name = var.name
+            if name.startswith(_CONTEXT_PREFIX):
+                key = name[_CONTEXT_PREFIX_LEN:]
+                if key in _propagated_keys:
+                    safe[key] = value[:_MAX_VALUE_LENGTH] if isinstance(value, str) else value
+    return safe
+
+
 def _inject_context(headers: dict[str, Any] | None = None, **_: Any) -> None:
     if headers is None or not _propagated_keys:
         return
-    context = _safe_context(structlog.contextvars.get_contextvars())
+    context = _propagated_context()
     if "correlation_id" in _propagated_keys and "correlation_id" not in context:
         context["correlation_id"] = uuid.uuid4().hex
     headers[CONTEXT_HEADER] = context
@@ -155,11 +323,40 @@ def _exception_fields(exc: BaseException | None) -> dict[str, Any]:
     return {"exception_type": type(exc).__name__, "exception_message": str(exc)[:1000]}
 
 
+#: What every attempt binds, in :func:`_bind_task_context`'s argument order.
+_TASK_CONTEXT_KEYS = ("task_id", "task_name", "queue", "retries", "parent_id", "root_id")
+_task_context_vars: tuple[contextvars.ContextVar[Any], ...] = ()
+
+
+def _bind_task_context(*values: Any) -> None:
+    """``bind_contextvars(task_id=..., task_name=..., ...)`` for :data:`_TASK_CONTEXT_KEYS`.
+
+    The first call binds through structlog and keeps the ContextVars it binds (each
+    ``Token.var``); later calls set those directly, skipping the per-key name building.
+    """
+    global _task_context_vars
+    variables = _task_context_vars
+    if variables:
+        for variable, value in zip(variables, values, strict=True):
+            variable.set(value)
+        return
+    tokens = structlog.contextvars.bind_contextvars(**dict(zip(_TASK_CONTEXT_KEYS, values, strict=True)))
+    _task_context_vars = tuple(tokens[key].var for key in _TASK_CONTEXT_KEYS)
+
+
 class LoggingObserver:
     """Logs each task lifecycle event once and keeps the task's context bound meanwhile."""
 
+    def __init__(self) -> None:
+        # Resolved once: the handler of each event type (``_on_<type>``), if any.
+        self._handlers: dict[EventType, Callable[[TaskEvent], None]] = {
+            kind: handler
+            for kind in EventType
+            if (handler := getattr(self, f"_on_{kind.value}", None)) is not None
+        }
+
     def __call__(self, event: TaskEvent) -> None:
-        handler = getattr(self, f"_on_{event.type.value}", None)
+        handler = self._handlers.get(event.type)
         if handler is not None:
             handler(event)
 
@@ -180,15 +377,17 @@ class LoggingObserver:
 
     def _on_started(self, event: TaskEvent) -> None:
         request = event.request
-        structlog.contextvars.clear_contextvars()
-        structlog.contextvars.bind_contextvars(
-            **_safe_context(getattr(request, CONTEXT_HEADER, None)),
-            task_id=event.task_id,
-            task_name=event.task_name,
-            queue=event.queue,
-            retries=event.retries,
-            parent_id=getattr(request, "parent_id", None),
-            root_id=getattr(request, "root_id", None),
+        _clear_contextvars()
+        propagated = _safe_context(getattr(request, CONTEXT_HEADER, None))
+        if propagated:
+            structlog.contextvars.bind_contextvars(**propagated)
+        _bind_task_context(
+            event.task_id,
+            event.task_name,
+            event.queue,
+            event.retries,
+            getattr(request, "parent_id", None),
+            getattr(request, "root_id", None),
         )
         log.info("task started", queue_wait_seconds=event.queue_wait)
 
@@ -199,7 +398,7 @@ class LoggingObserver:
         try:
             log.log(level, message, duration_seconds=event.duration, **fields)
         finally:
-            structlog.contextvars.clear_contextvars()
+            _clear_contextvars()
 
     def _on_succeeded(self, event: TaskEvent) -> None:
         self._finished(event, std_logging.INFO, "task succeeded")
@@ -240,6 +439,19 @@ class LoggingObserver:
 
     def _on_revoked(self, event: TaskEvent) -> None:
         log.warning("task revoked", task_id=event.task_id, task_name=event.task_name, reason=event.reason)
+
+    def _on_message_rejected(self, event: TaskEvent) -> None:
+        # Logged by the worker's main process, outside any task: nothing is bound, so
+        # every field is given. The body is never logged (Celery's own line dumps it).
+        log.error(
+            "message rejected",
+            reason=event.reason,
+            task_name=event.task_name,
+            task_id=event.task_id,
+            queue=event.queue,
+            content_type=event.detail,
+            **_exception_fields(event.exception),
+        )
 
     @staticmethod
     def _payload(event: TaskEvent) -> Any:

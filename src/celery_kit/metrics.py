@@ -11,6 +11,12 @@ pool processes that exit are marked dead, and the metrics are served **only** fr
 main process, which sums what every process -- dead ones included -- counted. The solo
 and threads pools count in plain mode. Producers (a web app) count
 ``celery_task_published_total`` in their own registry.
+
+``celery_worker_messages_rejected_total{reason}`` counts, in the worker's main process,
+the messages it discarded before any task saw them -- unknown task, undecodable body,
+refused content type, malformed message -- labelled only by the closed set of
+:class:`~celery_kit._events.RejectReason` values: the task name and routing key of such
+a message are whatever its publisher made up.
 """
 
 from __future__ import annotations
@@ -34,7 +40,7 @@ from prometheus_client.multiprocess import MultiProcessCollector, mark_process_d
 from prometheus_client.registry import Collector
 
 from ._errors import ConfigurationError
-from ._events import EventType, FailureKind, TaskEvent
+from ._events import EventType, FailureKind, RejectReason, TaskEvent
 from ._pools import pool_name
 
 __all__ = [
@@ -82,6 +88,9 @@ _OUTCOMES = {
     EventType.IGNORED: "ignored",
 }
 _LABEL_SAFE = re.compile(r"[^A-Za-z0-9_.\-]")
+#: Entries each per-observer cache (label children, label-safe queue names) keeps.
+_MAX_CACHED = 4096
+_REJECT_REASONS = frozenset(reason.value for reason in RejectReason)
 
 
 class TaskMetrics:
@@ -158,6 +167,15 @@ class TaskMetrics:
             "Pool processes started after the worker was ready (recycled, crashed, scaled).",
             registry=registry,
         )
+        self.messages_rejected = Counter(
+            f"{p}_worker_messages_rejected",
+            "Messages the worker discarded before any task ran, by reason "
+            "(unknown_task, decode_error, content_type, invalid_message).",
+            ("reason",),
+            registry=registry,
+        )
+        for reason in RejectReason:  # every reason exported from the start, at 0
+            self.messages_rejected.labels(reason.value)
 
 
 class MetricsObserver:
@@ -167,7 +185,11 @@ class MetricsObserver:
         self.metrics = metrics
         self._exceptions: set[str] = set()
         self._lock = threading.Lock()
-        self._cache: dict[tuple[str, str], _Series] = {}
+        self._cache: dict[tuple[str, str | None], _Series] = {}
+        # Label children of the less frequent events, and queue names made label-safe;
+        # both bounded, since task names and routing keys come from messages.
+        self._children: dict[tuple[Any, tuple[str, ...]], Any] = {}
+        self._queues: dict[str, str] = {}
 
     def _exception_label(self, exc: BaseException | None) -> str:
         name = type(exc).__name__ if exc is not None else "none"
@@ -179,41 +201,67 @@ class MetricsObserver:
                 return name
         return "other"
 
-    def _series(self, task: str, queue: str) -> _Series:
+    def _queue_label(self, queue: str | None) -> str:
+        if not queue:
+            return "unknown"
+        label = self._queues.get(queue)
+        if label is None:
+            label = _LABEL_SAFE.sub("_", queue)
+            if len(self._queues) < _MAX_CACHED:
+                self._queues[queue] = label
+        return label
+
+    def _child(self, metric: Any, *labels: str) -> Any:
+        """``metric.labels(*labels)``, cached like :meth:`_series`."""
+        key = (metric, labels)
+        child = self._children.get(key)
+        if child is None:
+            child = metric.labels(*labels)
+            if len(self._children) < _MAX_CACHED:
+                self._children[key] = child
+        return child
+
+    def _series(self, task: str, raw_queue: str | None) -> _Series:
         """The per-(task, queue) children, resolved once: ``labels()`` costs a lock and a hash."""
-        key = (task, queue)
+        key = (task, raw_queue)
         series = self._cache.get(key)
         if series is None:
             m = self.metrics
+            queue = self._queue_label(raw_queue)
             series = _Series(
                 started=m.started.labels(task, queue),
                 in_progress=m.in_progress.labels(task, queue),
                 queue_wait=m.queue_wait.labels(task, queue),
                 duration=m.duration.labels(task, queue),
                 last_success=m.last_success.labels(task, queue),
-                finished={outcome: m.finished.labels(task, queue, outcome) for outcome in _OUTCOMES.values()},
+                finished={
+                    kind: m.finished.labels(task, queue, outcome) for kind, outcome in _OUTCOMES.items()
+                },
             )
-            self._cache[key] = series
+            if len(self._cache) < _MAX_CACHED:
+                self._cache[key] = series
         return series
 
     def __call__(self, event: TaskEvent) -> None:
         m = self.metrics
         task = event.task_name
-        queue = _LABEL_SAFE.sub("_", event.queue) if event.queue else "unknown"
         kind = event.type
         if kind is EventType.PUBLISHED:
-            m.published.labels(task, queue).inc()
+            self._child(m.published, task, self._queue_label(event.queue)).inc()
         elif kind is EventType.REFUSED:
-            m.validation_errors.labels(task, queue, "caller").inc()
+            self._child(m.validation_errors, task, self._queue_label(event.queue), "caller").inc()
         elif kind is EventType.STARTED:
-            series = self._series(task, queue)
+            series = self._series(task, event.queue)
             series.started.inc()
             series.in_progress.inc()
             if event.queue_wait is not None:
                 series.queue_wait.observe(event.queue_wait)
+        elif kind is EventType.MESSAGE_REJECTED:
+            reason = event.reason if event.reason in _REJECT_REASONS else RejectReason.INVALID_MESSAGE.value
+            m.messages_rejected.labels(reason).inc()
         elif kind in _OUTCOMES:
-            series = self._series(task, queue)
-            series.finished[_OUTCOMES[kind]].inc()
+            series = self._series(task, event.queue)
+            series.finished[kind].inc()
             if event.duration is not None:
                 series.duration.observe(event.duration)
             from_pool_process = kind is not EventType.REVOKED and not (
@@ -224,12 +272,13 @@ class MetricsObserver:
             if kind is EventType.SUCCEEDED:
                 series.last_success.set(time.time())
             elif kind in (EventType.FAILED, EventType.RETRYING):
+                queue = self._queue_label(event.queue)
                 final = "true" if event.final else "false"
-                m.failures.labels(task, queue, self._exception_label(event.exception), final).inc()
+                self._child(m.failures, task, queue, self._exception_label(event.exception), final).inc()
                 if event.kind is FailureKind.INVALID_PAYLOAD:
-                    m.validation_errors.labels(task, queue, "worker").inc()
+                    self._child(m.validation_errors, task, queue, "worker").inc()
                 elif event.kind is FailureKind.TIMEOUT:
-                    m.timeouts.labels(task, queue, event.detail or "soft").inc()
+                    self._child(m.timeouts, task, queue, event.detail or "soft").inc()
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,7 +288,7 @@ class _Series:
     queue_wait: Any
     duration: Any
     last_success: Any
-    finished: dict[str, Any]
+    finished: dict[EventType, Any]
 
 
 # -- prefork: multiprocess mode -------------------------------------------------------------
@@ -311,8 +360,25 @@ def prepare_multiprocess_dir(nodename: str, base: str | None = None) -> str:
     shutil.rmtree(path, ignore_errors=True)
     os.makedirs(path, exist_ok=True)
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
-    values.ValueClass = values.MultiProcessValue()  # type: ignore[no-untyped-call]
+    values.ValueClass = values.MultiProcessValue(_process_id)  # type: ignore[no-untyped-call]
     return path
+
+
+_pid = os.getpid()
+
+
+def _refresh_pid() -> None:
+    global _pid
+    _pid = os.getpid()
+
+
+os.register_at_fork(after_in_child=_refresh_pid)
+
+
+def _process_id() -> int:
+    """``os.getpid()``, which multiprocess values call on every update to notice a fork,
+    without a system call each time: the cached pid is refreshed in every forked child."""
+    return _pid
 
 
 # -- exposition -------------------------------------------------------------------------------
@@ -386,7 +452,8 @@ class MetricsSetup:
         return self._observer
 
     def __call__(self, event: TaskEvent) -> None:
-        self.observer(event)
+        observer = self._observer
+        (observer if observer is not None else self.observer)(event)
 
     def _create(self, registry: CollectorRegistry | None) -> None:
         with self._lock:

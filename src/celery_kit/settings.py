@@ -20,7 +20,6 @@ error messages never show them. An invalid value raises
 from __future__ import annotations
 
 import json
-import tempfile
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -35,7 +34,7 @@ __all__ = ["ENV_PREFIX", "KitSettings"]
 
 #: Every field ``name`` is read from the environment variable ``CELERY_KIT_<NAME>``.
 ENV_PREFIX = "CELERY_KIT_"
-_SECRET_FIELDS = frozenset({"broker_url", "result_backend", "alert_sinks"})
+_SECRET_FIELDS = frozenset({"broker_url", "result_backend", "alert_sinks", "alert_redis_url"})
 
 
 def _split_list(value: Any) -> Any:
@@ -79,13 +78,20 @@ class KitSettings(BaseSettings):
     result_backend: SecretStr | None = None
     #: Which preset :meth:`celery_config` builds.
     preset: Preset = Preset.PRODUCTION
-    #: Where the worker exposes Prometheus metrics.
+    #: Where the worker exposes Prometheus metrics. All interfaces by default, unlike
+    #: ``instrument``'s 127.0.0.1: settings describe a deployment, whose Prometheus scrapes
+    #: the pod's address. Port 0 turns the endpoint off.
     metrics_host: str = "0.0.0.0"
-    metrics_port: int = Field(9808, ge=1, le=65535)
-    #: The heartbeat file the health probe reads.
-    health_file: Path = Path(tempfile.gettempdir()) / "celery-kit-health.json"
+    metrics_port: int = Field(9808, ge=0, le=65535)
+    #: The heartbeat file the worker writes (``%n`` expands to the node name); default: a
+    #: per-node file under the temp directory. Set it as the environment variable, not
+    #: only in ``.env``: the probe CLI reads ``CELERY_KIT_HEALTH_FILE`` and nothing else.
+    health_file: Path | None = None
     #: Where alerts go: URLs (webhooks, ``smtp://``) or sink names; may hold tokens.
     alert_sinks: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
+    #: A Redis URL for the alert throttle shared by every pool process and host (one alert
+    #: per incident, not one per process); per-process throttling without it.
+    alert_redis_url: SecretStr | None = None
     #: Payload size cap in bytes (``celery_kit_max_payload_bytes``); 0 disables it.
     max_payload_bytes: int = Field(DEFAULT_MAX_PAYLOAD_BYTES, ge=0)
     #: Default soft and hard time limits, in seconds.
@@ -137,31 +143,38 @@ class KitSettings(BaseSettings):
     def celery_config(self, **overrides: Any) -> dict[str, Any]:
         """The chosen preset's settings mapping, built from these settings.
 
-        ``overrides`` are passed on to the preset (any Celery setting name).
+        ``overrides`` win over the settings: the preset's own arguments (``queues=``,
+        ``route_prefix=``, ``time_limit=`` ...) as well as any Celery setting name.
 
         Raises:
             ConfigurationError: the preset refuses the values (e.g. an unknown broker
                 scheme); the message names the fix.
         """
         build = PRESETS[self.preset]
+        arguments: dict[str, Any] = {
+            "queues": self.queues or None,
+            "route_prefix": self.route_prefix,
+            "default_queue": self.default_queue,
+            "rate_limits": self.rate_limit,
+            "soft_time_limit": self.soft_time_limit,
+            "time_limit": self.time_limit,
+            "eta_horizon": self.eta_horizon,
+            "max_payload_bytes": self.max_payload_bytes,
+            # Read by instrument(app): where metrics are served, where alerts go, where
+            # the heartbeat is written.
+            "celery_kit_metrics_port": self.metrics_port,
+            "celery_kit_metrics_host": self.metrics_host,
+            "celery_kit_alert_sinks": list(self.alert_sinks),
+        }
+        if self.alert_redis_url is not None:
+            arguments["celery_kit_alert_redis_url"] = self.alert_redis_url
+        if self.health_file is not None:
+            arguments["celery_kit_health_file"] = str(self.health_file)
+        arguments.update(overrides)
         return build(
             self.broker_url.get_secret_value(),
             self.result_backend.get_secret_value() if self.result_backend is not None else None,
-            queues=self.queues or None,
-            route_prefix=self.route_prefix,
-            default_queue=self.default_queue,
-            rate_limits=self.rate_limit,
-            soft_time_limit=self.soft_time_limit,
-            time_limit=self.time_limit,
-            eta_horizon=self.eta_horizon,
-            max_payload_bytes=self.max_payload_bytes,
-            **{
-                # Read by instrument(app): where metrics are served, where alerts go.
-                "celery_kit_metrics_port": self.metrics_port,
-                "celery_kit_metrics_host": self.metrics_host,
-                "celery_kit_alert_sinks": list(self.alert_sinks),
-                **overrides,
-            },
+            **arguments,
         )
 
 

@@ -50,7 +50,8 @@ class WorkerProcess:
 
     Args:
         app: the ``-A`` argument (``"myproj.celery_app"`` or ``"myproj.celery_app:app"``).
-        queues: queues to consume (``-Q``).
+        queues: queues to consume (``-Q``); by default the app's own (``task_default_queue``
+            and ``task_queues``), as a plain ``celery worker`` would.
         pool: ``prefork`` (default), ``solo`` or ``threads``.
         concurrency: pool size.
         env: extra environment variables for the worker (merged over ``os.environ``).
@@ -63,7 +64,7 @@ class WorkerProcess:
         self,
         app: str,
         *,
-        queues: Iterable[str] = ("celery",),
+        queues: Iterable[str] = (),
         pool: str = "prefork",
         concurrency: int = 2,
         env: Mapping[str, str] | None = None,
@@ -82,7 +83,9 @@ class WorkerProcess:
         self.loglevel = loglevel
         self.extra_args = list(extra_args)
         self.process: subprocess.Popen[bytes] | None = None
-        self._log_file = Path(tempfile.mkstemp(prefix="celery-kit-worker-", suffix=".log")[1])
+        descriptor, log_path = tempfile.mkstemp(prefix="celery-kit-worker-", suffix=".log")
+        os.close(descriptor)
+        self._log_file = Path(log_path)
 
     @property
     def command(self) -> list[str]:
@@ -97,8 +100,7 @@ class WorkerProcess:
             self.pool,
             "-c",
             str(self.concurrency),
-            "-Q",
-            ",".join(self.queues),
+            *(["-Q", ",".join(self.queues)] if self.queues else []),
             "-n",
             self.hostname,
             "-l",
@@ -149,6 +151,10 @@ class WorkerProcess:
         except subprocess.TimeoutExpired:
             process.kill()
             return process.wait(10)
+
+    def remove_log(self) -> None:
+        """Delete the log file (the fixtures do, after stopping the worker)."""
+        self._log_file.unlink(missing_ok=True)
 
     def __enter__(self) -> WorkerProcess:
         return self.start()
@@ -263,6 +269,7 @@ def celery_kit_worker(request: Any) -> Iterator[Callable[..., WorkerProcess]]:
     yield start
     for worker in started:
         worker.stop()
+        worker.remove_log()
 
 
 class AlertReceiver:

@@ -76,6 +76,15 @@ def build_app(
     def quiet(account: Account) -> None:
         raise PermissionError("locked")
 
+    @validated_task(app, shared=False, name="al.typed", alert_payload=True)
+    def typed(account: Account) -> None: ...
+
+    @validated_task(app, shared=False, name="al.kinds")
+    def kinds(name: str) -> None:
+        # An exception class of its own per name: each call is its own incident, alerted
+        # at once rather than held for a digest.
+        raise type(name, (Exception,), {})(f"failure {name}")
+
     return app
 
 

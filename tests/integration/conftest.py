@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,7 @@ from celery import Celery
 
 from celery_kit.testing import WorkerProcess
 
+from .._brokers import PrivateRabbit, PrivateRedis
 from ..conftest import RUN_ID
 from .health_app import build_app as health_build_app
 from .worker_app import build_app
@@ -98,12 +99,6 @@ def live_worker(request: pytest.FixtureRequest, redis_url: str) -> Iterator[Live
 SRC_PATH = f"{ROOT / 'src'}{os.pathsep}{ROOT}"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def wait_until(predicate: Callable[[], bool], timeout: float = 30.0, interval: float = 0.1) -> None:
     """Poll ``predicate`` until it is true; fail the test after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
@@ -114,57 +109,6 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 30.0, interval: f
     raise AssertionError(f"condition not reached within {timeout}s")
 
 
-class PrivateRedis:
-    """A ``redis-server`` of this test only, on a free port, that a test may stop and start.
-
-    The broker-outage tests stop *this* server; the shared one other agents use is never touched.
-    """
-
-    def __init__(self, directory: Path) -> None:
-        self.port = free_port()
-        self.directory = directory
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            pytest.fail("redis-server is not installed; the broker-outage test starts its own", pytrace=False)
-        command = [
-            binary,
-            "--port",
-            str(self.port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ]
-        command += ["--daemonize", "no", "--dir", str(self.directory)]
-        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        client = redis.Redis(port=self.port, socket_connect_timeout=0.5)
-
-        def answers() -> bool:
-            try:
-                return bool(client.ping())
-            except redis.ConnectionError:
-                return False
-
-        try:
-            wait_until(answers, timeout=20)
-        finally:
-            client.close()
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(10)
-
-
 @pytest.fixture
 def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
     server = PrivateRedis(tmp_path)
@@ -173,6 +117,15 @@ def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(params=["redis", "rabbitmq"])
+def private_broker(request: pytest.FixtureRequest) -> PrivateRedis | PrivateRabbit:
+    """A broker of the test's own, Redis or RabbitMQ, that it may stop and start again."""
+    broker: PrivateRedis | PrivateRabbit = request.getfixturevalue(
+        "private_redis" if request.param == "redis" else "private_rabbit"
+    )
+    return broker
 
 
 @dataclass
@@ -214,6 +167,80 @@ def start_health_worker(
 def delete_queue(app: Celery, queue: str) -> None:
     with app.connection_for_write() as conn:
         conn.default_channel.queue_delete(queue)
+
+
+@dataclass
+class BusyFleet:
+    """Workers whose every pool slot runs an ``acks_late`` task, with more tasks waiting.
+
+    Each worker has reserved (prefetch = concurrency) and is running ``busy`` tasks it has
+    not acknowledged; ``waiting`` more sit in ``queue``. The tasks end when ``gate`` exists.
+    """
+
+    broker: str
+    url: str
+    queue: str
+    workers: list[HealthWorker]
+    gate: Path
+    busy: int
+    waiting: int
+
+    @property
+    def app(self) -> Celery:
+        return self.workers[0].app
+
+
+def _busy_fleet(
+    broker: str, url: str, directory: Path, *, size: int = 2, waiting: int = 2
+) -> Iterator[BusyFleet]:
+    queue = f"kit-{RUN_ID}-health-busy-{broker}"
+    gate = directory / "release"
+    concurrency = 2
+    started: list[HealthWorker] = []
+    try:
+        with ThreadPoolExecutor(size) as pool:  # two cores: starting them side by side halves the wait
+            futures = [
+                pool.submit(start_health_worker, url, queue, directory, concurrency=concurrency)
+                for _ in range(size)
+            ]
+            errors: list[Exception] = []
+            for future in futures:
+                try:
+                    started.append(future.result())
+                except Exception as exc:
+                    errors.append(exc)
+            if errors:
+                raise errors[0]
+        hold = started[0].app.tasks["health.hold"]
+        for _ in range(size * concurrency + waiting):
+            hold.delay(str(gate))
+        wait_until(lambda: all(w.state().get("active") == concurrency for w in started), timeout=30)
+        yield BusyFleet(broker, url, queue, started, gate, size * concurrency, waiting)
+    finally:
+        gate.touch()
+        with ThreadPoolExecutor(max(len(started), 1)) as pool:
+            list(pool.map(lambda hw: hw.worker.stop(), started))
+        if started:
+            delete_queue(started[0].app, queue)
+        for hw in started:
+            hw.worker.remove_log()
+
+
+@pytest.fixture(scope="module")
+def redis_fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BusyFleet]:
+    """A busy fleet on a private Redis: its ``unacked`` hash and its control replies are the fleet's only."""
+    server = PrivateRedis(tmp_path_factory.mktemp("fleet-redis"))
+    server.start()
+    try:
+        yield from _busy_fleet("redis", server.url, tmp_path_factory.mktemp("fleet-redis-workers"))
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def rabbit_fleet(amqp_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[BusyFleet]:
+    """A busy fleet on the shared RabbitMQ: per-queue counts are exact on a queue of its own."""
+    yield from _busy_fleet("rabbitmq", amqp_url, tmp_path_factory.mktemp("fleet-rabbit"))
 
 
 def run_probe(*args: str, env: dict[str, str] | None = None) -> tuple[int, dict[str, Any]]:

@@ -47,6 +47,13 @@ def build_app(
     def limited(seconds: float) -> None:
         time.sleep(seconds)
 
+    @validated_task(app, name="health.hold", shared=False, acks_late=True, soft_time_limit=90, time_limit=120)
+    def hold(gate: str) -> None:
+        """Run -- reserved, active, not acknowledged -- until the file ``gate`` exists (60 s at most)."""
+        deadline = time.monotonic() + 60
+        while not os.path.exists(gate) and time.monotonic() < deadline:
+            time.sleep(0.05)
+
     return app
 
 

@@ -8,7 +8,7 @@ import time
 import redis
 import structlog
 from celery import Celery
-from celery.exceptions import SoftTimeLimitExceeded
+from celery.exceptions import Reject, SoftTimeLimitExceeded
 from celery.utils.log import get_task_logger
 from pydantic import BaseModel, SecretStr
 
@@ -84,6 +84,29 @@ def build_app(broker_url: str, queue: str, metrics_port: int, state_url: str, pr
         time.sleep(0.02)
         log.info("tagged line", tag=tag)
         return tag
+
+    @validated_task(app, shared=False, name="obs.ctx")
+    def ctx(tag: str, fail: bool = False) -> str:
+        # Binds a key no other task binds: if the context leaked, the next task in this
+        # process (or thread) would log it. ``tag`` and ``pid`` are passed explicitly, so
+        # a line says which task wrote it whatever the context holds.
+        log.info("ctx line", tag=tag, pid=os.getpid())
+        structlog.contextvars.bind_contextvars(**{f"bound_{tag}": tag})
+        task_logger.info("ctx task logger %s", tag)
+        time.sleep(0.01)
+        log.info("ctx line", tag=tag, pid=os.getpid())
+        if fail:
+            raise PermanentError(f"ctx {tag}")
+        return tag
+
+    @validated_task(app, shared=False, name="obs.reject")
+    def reject() -> None:
+        raise Reject("not for this worker", requeue=False)
+
+    @validated_task(app, shared=False, name="obs.sleeper")
+    def sleeper(marker: str) -> None:
+        state.set(marker, os.getpid())
+        time.sleep(30)
 
     return app
 

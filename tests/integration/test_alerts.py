@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import threading
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +37,17 @@ class Alerted:
 
     def metric(self, name: str, **labels: str) -> float:
         return read_metric(name, labels, port=self.port)
+
+    def log_lines(self) -> list[dict[str, Any]]:
+        lines = []
+        for raw in self.worker.log().splitlines():
+            try:
+                line = json.loads(raw)
+            except ValueError:
+                continue
+            if isinstance(line, dict):
+                lines.append(line)
+        return lines
 
 
 @pytest.fixture(scope="module")
@@ -109,6 +122,10 @@ def test_hard_timeout_and_a_killed_pool_process_alert_once_each(alerted: Alerted
     assert [(a.kind.value, a.task_id) for a in alerted.webhook.of("al.victim")] == [
         ("worker_lost", victim.id)
     ]
+    # Reported from the main process, yet with the message's own context, not a blank one.
+    queue = alerted.app.conf.task_default_queue
+    for alert in (*alerted.webhook.of("al.stubborn"), *alerted.webhook.of("al.victim")):
+        assert (alert.queue, alert.root_id) == (queue, alert.task_id)
 
 
 def test_secrets_and_password_fields_never_reach_a_sink(alerted: Alerted) -> None:
@@ -126,12 +143,70 @@ def test_secrets_and_password_fields_never_reach_a_sink(alerted: Alerted) -> Non
     assert DB_PASSWORD not in everything
 
 
-def test_a_hanging_sink_neither_slows_nor_fails_the_task(alerted: Alerted, hold: threading.Event) -> None:
-    # Every alert above also went to the hanging sink, which holds each request open.
-    # Tasks kept finishing meanwhile; a new one does too, while a request is held.
-    wait_for(lambda: alerted.hanging.pending > 0)
-    result = alerted.app.tasks["al.boom"].delay(-1)
+def test_an_invalid_payload_from_another_producer_alerts_once_without_its_values(
+    alerted: Alerted,
+) -> None:
+    secret, password, user = (f"{kind}-{uuid.uuid4().hex}" for kind in ("sk", "pw", "user"))
+    # Published around the caller-side validation, as another producer would.
+    result = alerted.app.send_task(
+        "al.typed",
+        kwargs={"account": {"user": {"name": user}, "api_secret": secret, "db_password": password}},
+    )
     result.get(timeout=TIMEOUT, propagate=False)
     assert result.state == "FAILURE"
-    assert alerted.hanging.pending > 0  # the sink was still hanging when the task finished
-    wait_for(lambda: alerted.metric("celery_kit_alerts_total", sink="hanging", result="failed") >= 1)
+    # The hanging sink is the last in line: once it has the alert, every sink has.
+    wait_for(lambda: [a for a in alerted.hanging.alerts if a.task_name == "al.typed"])
+    time.sleep(1.5)  # nothing else may follow
+    (alert,) = alerted.webhook.of("al.typed")
+    assert (alert.kind.value, alert.task_id, alert.digest, alert.occurrences) == (
+        "invalid_payload",
+        result.id,
+        False,
+        1,
+    )
+    assert (alert.exception_type, alert.reason) == ("PayloadValidationError", "invalid payload")
+    assert alert.queue == alerted.app.conf.task_default_queue
+    assert alert.payload is None  # the task opted in, but an invalid payload is never included
+    sent = b"".join(raw for raw in alerted.webhook.raw + alerted.hanging.raw if b"al.typed" in raw).decode()
+    for value in (secret, password, user):
+        assert value not in sent
+        assert value not in alerted.worker.log()
+
+
+def test_a_hanging_sink_neither_slows_nor_fails_the_task(alerted: Alerted) -> None:
+    # The hanging sink holds every request open for 10 s; the worker's webhook sink gives
+    # up after its 1 s timeout. Eight distinct incidents: eight alerts, none held back.
+    names = [f"Hang{n}x{uuid.uuid4().hex[:6]}" for n in range(8)]
+    failed_before = alerted.metric("celery_kit_alerts_total", sink="hanging", result="failed")
+    results = [alerted.app.tasks["al.kinds"].delay(name) for name in names]
+    for result in results:
+        result.get(timeout=TIMEOUT, propagate=False)
+    assert all(r.state == "FAILURE" for r in results)
+
+    def received(receiver: AlertReceiver) -> set[str | None]:
+        return {a.exception_type for a in receiver.alerts if a.task_name == "al.kinds"}
+
+    wait_for(lambda: received(alerted.webhook) == set(names))
+    wait_for(lambda: received(alerted.hanging) == set(names))  # each one held open
+    wait_for(
+        lambda: (
+            alerted.metric("celery_kit_alerts_total", sink="hanging", result="failed")
+            >= failed_before + len(names)
+        )
+    )
+    assert alerted.metric("celery_kit_alerts_total", sink="hanging", result="sent") == 0
+
+    # What the worker measured: the attempts took milliseconds ...
+    assert alerted.metric("celery_task_duration_seconds_count", task="al.kinds") == len(names)
+    assert alerted.metric("celery_task_duration_seconds_sum", task="al.kinds") < 1.0
+    # ... and no pool process waited on a sink after an attempt either: delivering inline
+    # would keep each of the two processes busy >= 1 s per alert, so the last of the eight
+    # attempts would start >= 3 s after the first.
+    ids = {r.id for r in results}
+    starts = [
+        datetime.fromisoformat(line["timestamp"])
+        for line in alerted.log_lines()
+        if line.get("event") == "task started" and line.get("task_id") in ids
+    ]
+    assert len(starts) == len(names)
+    assert (max(starts) - min(starts)).total_seconds() < 2.0

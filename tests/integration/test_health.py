@@ -1,12 +1,14 @@
 """Health probes against real workers, a real beat and real brokers -- nothing mocked.
 
 Every failure the probes exist for is produced for real: a stopped broker (a private
-``redis-server`` of the test), a frozen worker main process and frozen pool children
-(SIGSTOP), a solo task past its time limit, a frozen beat.
+``redis-server`` or RabbitMQ node of the test), a frozen worker main process and frozen
+pool children (SIGSTOP), a solo task past its time limit, a frozen beat. Queue depths and
+``health_check`` are measured against workers really holding unacknowledged tasks.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -24,14 +26,15 @@ import redis
 
 from celery_kit.health import health_check
 
+from .._brokers import PrivateRabbit, PrivateRedis
+from .._support import free_port
 from ..conftest import RUN_ID
 from .conftest import (
     ROOT,
     SRC_PATH,
+    BusyFleet,
     HealthWorker,
-    PrivateRedis,
     delete_queue,
-    free_port,
     run_probe,
     start_health_worker,
     wait_until,
@@ -137,13 +140,14 @@ def test_check_reports_a_dead_broker_as_dependency_down() -> None:
 
 
 def test_broker_outage_fails_ready_at_once_keeps_live_and_both_recover(
-    private_redis: PrivateRedis, tmp_path: Path
+    private_broker: PrivateRedis | PrivateRabbit, tmp_path: Path
 ) -> None:
     queue = f"kit-{RUN_ID}-health-outage"
-    hw = start_health_worker(private_redis.url, queue, tmp_path, concurrency=1)
+    hw = start_health_worker(private_broker.url, queue, tmp_path, concurrency=1)
     try:
-        becomes(0, "worker", "ready", "--file", str(hw.state_file))
-        private_redis.stop()
+        for probe in ("live", "ready", "startup"):
+            becomes(0, "worker", probe, "--file", str(hw.state_file))
+        private_broker.stop()
         answer = becomes(5, "worker", "ready", "--file", str(hw.state_file), timeout=15)
         assert answer["phase"] == "reconnecting"
         # The beat stops during the outage: live must not care, within the reconnect grace...
@@ -157,7 +161,7 @@ def test_broker_outage_fails_ready_at_once_keeps_live_and_both_recover(
         assert code == 5, answer
         assert probe_code("worker", "startup", "--file", str(hw.state_file)) == 0
 
-        private_redis.start()
+        private_broker.start()
         becomes(0, "worker", "ready", "--file", str(hw.state_file), timeout=60)
         assert probe_code("worker", "live", "--file", str(hw.state_file), "--max-age", "5") == 0
         state = hw.state()
@@ -375,3 +379,86 @@ def test_serve_answers_the_probes_over_http(redis_worker: HealthWorker, tmp_path
     finally:
         missing.terminate()
         missing.wait(10)
+
+
+# -- queue depth and health_check on busy workers ------------------------------------------------
+# Last in the module: the busy fleets are module-scoped and live until the module ends.
+
+
+def check_until(expected: dict[str, Any], env: dict[str, str], *queues: str) -> dict[str, Any]:
+    """Run ``check -Q QUEUES`` until its queue counts are ``expected`` (a publish may still be
+    in flight), for 15 s at most; return the last report, which the caller asserts on."""
+    reports: list[dict[str, Any]] = []
+
+    def matches() -> bool:
+        code, report = run_probe(
+            "check", "-A", "tests.integration.health_app", "-Q", ",".join(queues), env=env
+        )
+        reports.append({**report, "exit": code})
+        return code == 0 and bool(report.get("queues") == expected)
+
+    with contextlib.suppress(AssertionError):  # the caller's assertions say what differs
+        wait_until(matches, timeout=15, interval=0.2)
+    return reports[-1]
+
+
+@pytest.mark.parametrize("fleet_fixture", ["redis_fleet", "rabbit_fleet"])
+def test_check_counts_waiting_priority_and_unacknowledged_messages(
+    fleet_fixture: str, request: pytest.FixtureRequest
+) -> None:
+    fleet: BusyFleet = request.getfixturevalue(fleet_fixture)
+    idle = f"{fleet.queue}-idle"  # no worker consumes it
+    noop = fleet.app.tasks["health.noop"]
+    env = {"KIT_HEALTH_BROKER_URL": fleet.url, "KIT_HEALTH_QUEUE": fleet.queue}
+    redis_broker = fleet.broker == "redis"
+    try:
+        for priority in (None, None, None, 5, 5, 9):
+            noop.apply_async(queue=idle, priority=priority)
+        if redis_broker:
+            # The messages really sit in three lists: the queue and two priority sub-queues
+            # (kombu's default steps 0/3/6/9, named queue + "\x06\x16" + step).
+            client = redis.Redis.from_url(fleet.url)
+            try:
+                lists = {
+                    step: client.llen(f"{idle}\x06\x16{step}" if step else idle) for step in (0, 3, 6, 9)
+                }
+            finally:
+                client.close()
+            assert lists == {0: 3, 3: 2, 6: 0, 9: 1}
+        expected = {  # Redis keeps no consumer registry: consumers None
+            idle: {"messages": 6, "consumers": None if redis_broker else 0},
+            fleet.queue: {
+                "messages": fleet.waiting,
+                "consumers": None if redis_broker else len(fleet.workers),
+            },
+        }
+        report = check_until(expected, env, idle, fleet.queue)
+        assert report["exit"] == 0, report
+        assert report["queues"] == expected, report
+        assert report["broker"]["transport"] == fleet.broker.replace("rabbitmq", "amqp")
+        if redis_broker:
+            # Reserved by the workers, not yet acknowledged: in the transport's unacked hash.
+            assert report["broker"]["unacked"] == fleet.busy, report
+        assert [w.state()["active"] for w in fleet.workers] == [2, 2]  # nothing moved meanwhile
+    finally:
+        delete_queue(fleet.app, idle)
+
+
+def test_health_check_counts_active_tasks_and_stops_waiting_at_limit(redis_fleet: BusyFleet) -> None:
+    fleet = redis_fleet
+    nodes = {str(w.state()["node"]) for w in fleet.workers}
+    assert len(nodes) == 2
+    everyone = {"workers": 2, "active_tasks": fleet.busy, "nodes": dict.fromkeys(nodes, 2)}
+
+    started = time.monotonic()
+    assert health_check(fleet.app, timeout=10, limit=2) == everyone
+    assert time.monotonic() - started < 5  # returned on the second reply, not at the timeout
+
+    first = health_check(fleet.app, timeout=10, limit=1)
+    assert first["workers"] == 1, first
+    assert set(first["nodes"]) <= nodes
+    assert first["active_tasks"] == 2
+
+    started = time.monotonic()  # without a limit it waits out the timeout for late replies
+    assert health_check(fleet.app, timeout=1.5) == everyone
+    assert time.monotonic() - started >= 1.5

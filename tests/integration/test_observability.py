@@ -9,6 +9,7 @@ import socket
 import time
 import urllib.request
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from typing import Any
 import pytest
 import structlog
 from celery import Celery, chain
+from celery.result import AsyncResult
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import ValidationError
 
@@ -36,6 +38,8 @@ class Observed:
         self.app = app
         self.worker = worker
         self.port = port
+        #: The worker's node name, for remote control commands sent to it alone.
+        self.node = worker.hostname
 
     def scrape(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=5) as response:
@@ -72,6 +76,7 @@ def _start(pool: str, redis_url: str) -> tuple[Observed, str]:
         queues=[queue],
         pool=pool,
         concurrency=2 if pool == "prefork" else 4,
+        hostname=f"{prefix}-{uuid.uuid4().hex[:6]}@{socket.gethostname()}",
         cwd=ROOT,
         env={
             "KIT_OBS_BROKER_URL": redis_url,
@@ -181,10 +186,7 @@ def test_worker_logs_are_json_lines_with_context_from_the_producer(prefork: Obse
         return [line for line in lines if line.get("task_id") == task_id]
 
     inside = [line for line in lines if line.get("event") == "inside task"]
-    assert inside
-    for line in inside:  # each line carries the ids of the task that wrote it, and only those
-        own = [e for e in of(line["task_id"]) if e.get("event") == "task succeeded"]
-        assert len(own) == 1
+    assert inside  # that nothing leaks between tasks is shown by the tests of obs.ctx below
     task_logger_lines = [line for line in lines if str(line.get("event", "")).startswith("task logger line")]
     assert task_logger_lines
     assert all(line["logger"] == "observed.tasks" and line["task_id"] for line in task_logger_lines)
@@ -216,17 +218,158 @@ def test_hard_limit_and_invalid_payload_are_logged_with_their_classification(pre
     assert "not a number" not in json.dumps(invalid)
 
 
+def _publish_ctx_tasks(app: Celery, count: int) -> dict[str, AsyncResult]:
+    """``obs.ctx`` tasks, each with its own producer ``correlation_id``; every third fails."""
+    results = {}
+    for n in range(count):
+        tag = f"c{n}x{uuid.uuid4().hex[:8]}"
+        structlog.contextvars.bind_contextvars(correlation_id=f"corr-{tag}")
+        try:
+            results[tag] = app.tasks["obs.ctx"].apply_async((tag,), {"fail": n % 3 == 2})
+        finally:
+            structlog.contextvars.clear_contextvars()
+    return results
+
+
+_ENDS = ("task succeeded", "task failed")
+
+
+def _ctx_tasks_logged(observed: Observed, results: dict[str, AsyncResult]) -> bool:
+    # The result is stored before the attempt's last line is written.
+    ids = {result.id for result in results.values()}
+    ended = [
+        line for line in observed.log_lines() if line.get("event") in _ENDS and line.get("task_id") in ids
+    ]
+    return len(ended) >= len(ids)
+
+
+def _assert_lines_carry_their_own_task_only(
+    lines: list[dict[str, Any]], results: dict[str, AsyncResult]
+) -> Counter[int]:
+    """Every line written by or about one of the ``obs.ctx`` tasks carries that task's
+    ids (``task_id``, the producer's ``correlation_id``) and no key another task bound;
+    no other line carries any of them. Returns how many tasks each process ran."""
+    task_of = {tag: result.id for tag, result in results.items()}
+    tag_of = {result.id: tag for tag, result in results.items()}
+    bound = {f"bound_{tag}" for tag in task_of}
+    correlation_ids = {f"corr-{tag}" for tag in task_of}
+    seen: Counter[tuple[str, str]] = Counter()
+    pids: dict[str, set[int]] = {}
+    for line in lines:
+        event = str(line.get("event", ""))
+        # Which task wrote the line, from what the task passed explicitly -- never from
+        # the context under test.
+        writer = event.removeprefix("ctx task logger ") if event.startswith("ctx task logger ") else None
+        writer = line.get("tag", writer)
+        owner = tag_of.get(line.get("task_id"))
+        leaked = bound & line.keys()
+        if writer in task_of:
+            assert owner == writer, line
+            assert line.get("correlation_id") == f"corr-{writer}", line
+            assert leaked <= {f"bound_{writer}"}, line
+            seen[(writer, "body")] += 1
+            if "pid" in line:
+                pids.setdefault(writer, set()).add(line["pid"])
+        elif owner is not None:  # its start and end, Celery's own failure line, its alert
+            assert leaked <= {f"bound_{owner}"}, line
+            if event in ("task started", *_ENDS):
+                assert line.get("correlation_id") == f"corr-{owner}", line
+                seen[(owner, event)] += 1
+            else:  # the alert log line is written by the delivery thread: no task context
+                assert line.get("correlation_id") in (None, f"corr-{owner}"), line
+        else:
+            assert not leaked, line
+            assert line.get("correlation_id") not in correlation_ids, line
+    for tag in task_of:
+        assert seen[(tag, "body")] == 3, tag  # two "ctx line"s and one task-logger line
+        assert seen[(tag, "task started")] == 1, tag
+        assert seen[(tag, "task succeeded")] + seen[(tag, "task failed")] == 1, tag
+        assert len(pids[tag]) == 1
+    return Counter(pid for tag_pids in pids.values() for pid in tag_pids)
+
+
+def test_no_context_leaks_between_tasks_of_a_prefork_child(prefork: Observed) -> None:
+    results = _publish_ctx_tasks(prefork.app, 12)
+    for result in results.values():
+        result.get(timeout=TIMEOUT, propagate=False)
+    assert [r.state for r in results.values()].count("FAILURE") == 4
+    wait_for(lambda: _ctx_tasks_logged(prefork, results))
+    per_process = _assert_lines_carry_their_own_task_only(prefork.log_lines(), results)
+    # Concurrency 2, five tasks per child: children ran several tasks one after another.
+    assert max(per_process.values()) >= 2
+
+
+def test_rejected_and_revoked_attempts_are_counted_and_logged_once(
+    prefork: Observed, redis_client: Any
+) -> None:
+    tasks = prefork.app.tasks
+    v = prefork.value
+    # Reject(requeue=False): the pool process ends the attempt as rejected; Celery's main
+    # process then stores a FAILURE result and sends task_failure, which must not count
+    # the attempt a second time, as failed.
+    rejected = tasks["obs.reject"].delay()
+    rejected.get(timeout=TIMEOUT, propagate=False)
+    assert rejected.state == "FAILURE"
+
+    # Revoked before it runs: the worker's main process discards the message.
+    early_id = uuid.uuid4().hex
+    replies = prefork.app.control.revoke(early_id, destination=[prefork.node], reply=True, timeout=10)
+    assert replies  # the worker holds the id before the message is published
+    early = tasks["obs.sleeper"].apply_async((f"kit-{RUN_ID}-never-{early_id}",), task_id=early_id)
+    early.get(timeout=TIMEOUT, propagate=False)
+    assert early.state == "REVOKED"
+
+    # Revoked with terminate=True while it runs: the main process kills the pool process.
+    marker = f"kit-{RUN_ID}-sleeper-{uuid.uuid4().hex[:6]}"
+    running = tasks["obs.sleeper"].delay(marker)
+    wait_for(lambda: redis_client.get(marker) is not None)
+    restarts = v("celery_worker_process_restarts_total")
+    prefork.app.control.revoke(running.id, destination=[prefork.node], terminate=True)
+    running.get(timeout=TIMEOUT, propagate=False)
+    assert running.state == "REVOKED"
+    # Once the killed process is replaced, the pool has handled its exit in full: a
+    # second report of the attempt (failed, worker lost) would have been made by now.
+    wait_for(lambda: v("celery_worker_process_restarts_total") > restarts)
+    wait_for(lambda: v("celery_task_finished_total", task="obs.sleeper", outcome="revoked") == 2)
+    time.sleep(1)
+
+    assert v("celery_task_started_total", task="obs.reject") == 1
+    assert v("celery_task_finished_total", task="obs.reject", outcome="rejected") == 1
+    assert v("celery_task_finished_total", task="obs.reject") == 1  # no other outcome
+    assert v("celery_task_failures_total", task="obs.reject") == 0
+    assert v("celery_task_duration_seconds_count", task="obs.reject") == 1
+    assert v("celery_task_started_total", task="obs.sleeper") == 1  # the early one never ran
+    assert v("celery_task_finished_total", task="obs.sleeper", outcome="revoked") == 2
+    assert v("celery_task_finished_total", task="obs.sleeper") == 2
+    assert v("celery_task_failures_total", task="obs.sleeper") == 0
+    assert v("celery_task_in_progress", task="obs.sleeper") == 0  # the killed child's +1 is gone
+
+    ours = {rejected.id, early.id, running.id}
+    lines = [line for line in prefork.log_lines() if line.get("task_id") in ours]
+    # The revoked TaskEvents (main process) reached the logging observer, once each.
+    assert sorted(
+        (line["task_id"], line["reason"]) for line in lines if line["event"] == "task revoked"
+    ) == sorted([(early.id, "revoked"), (running.id, "terminated")])
+    assert [line["task_id"] for line in lines if line["event"] == "task rejected"] == [rejected.id]
+    assert not [line for line in lines if line["event"] in ("task failed", "task succeeded", "alert")]
+
+
 def test_no_context_leaks_between_concurrent_tasks_on_the_threads_pool(redis_url: str) -> None:
     observed, queue = _start("threads", redis_url)
     try:
         ids = [uuid.uuid4().hex for _ in range(40)]
         results = [observed.app.tasks["obs.tagged"].apply_async((tag,), task_id=tag) for tag in ids]
+        ctx = _publish_ctx_tasks(observed.app, 12)
         for result in results:
             result.get(timeout=TIMEOUT)
+        for result in ctx.values():
+            result.get(timeout=TIMEOUT, propagate=False)
         tagged = [line for line in observed.log_lines() if line.get("event") == "tagged line"]
         assert len(tagged) == 40
         assert all(line["task_id"] == line["tag"] for line in tagged)
         assert observed.value("celery_task_finished_total", task="obs.tagged", outcome="succeeded") == 40
+        wait_for(lambda: _ctx_tasks_logged(observed, ctx))
+        _assert_lines_carry_their_own_task_only(observed.log_lines(), ctx)
     finally:
         observed.worker.stop()
         with observed.app.connection_for_write() as conn:

@@ -12,6 +12,7 @@ from __future__ import annotations
 from ._delivery import AlertDelivery
 from ._model import Alert, AlertKind, redact
 from ._observer import Alerting, AlertObserver, install, sinks_from_urls
+from ._ratelimit import LocalRateLimit, RateLimit, RedisRateLimit
 from ._sinks import Alerter, CallbackSink, LogSink, SmtpSink, WebhookSink
 from ._throttle import LocalThrottle, RedisThrottle, Throttle
 
@@ -23,8 +24,11 @@ __all__ = [
     "Alerter",
     "Alerting",
     "CallbackSink",
+    "LocalRateLimit",
     "LocalThrottle",
     "LogSink",
+    "RateLimit",
+    "RedisRateLimit",
     "RedisThrottle",
     "SmtpSink",
     "Throttle",

@@ -1,7 +1,8 @@
 """Delivery off the task's path: a bounded queue and one daemon thread per process.
 
 Submitting never blocks and never raises; the thread applies the throttle, the per-sink
-rate limit and the sinks' own timeouts, and reports every outcome (``sent``,
+rate limit (:mod:`celery_kit.alerts._ratelimit`: per process, or shared through Redis)
+and the sinks' own timeouts, and reports every outcome (``sent``,
 ``suppressed``, ``failed``) to a callback -- the ``celery_kit_alerts_total`` counter when
 metrics are on. The thread is started lazily in each process (a forked pool process gets
 its own), and :meth:`AlertDelivery.close` drains what is queued when a process exits.
@@ -17,6 +18,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from ._model import Alert
+from ._ratelimit import LocalRateLimit, RateLimit
 from ._sinks import Alerter
 from ._throttle import Throttle
 
@@ -24,23 +26,6 @@ __all__ = ["AlertDelivery"]
 
 logger = logging.getLogger("celery_kit.alerts")
 ResultCallback = Callable[[str, str], None]
-
-
-class _TokenBucket:
-    def __init__(self, per_minute: float) -> None:
-        self.capacity = max(1.0, per_minute)
-        self.rate = per_minute / 60.0
-        self.tokens = self.capacity
-        self.updated = time.monotonic()
-
-    def take(self) -> bool:
-        now = time.monotonic()
-        self.tokens = min(self.capacity, self.tokens + (now - self.updated) * self.rate)
-        self.updated = now
-        if self.tokens >= 1:
-            self.tokens -= 1
-            return True
-        return False
 
 
 class AlertDelivery:
@@ -54,6 +39,7 @@ class AlertDelivery:
         flush_interval: float = 1.0,
         on_result: ResultCallback | None = None,
         flush_on_close: bool = True,
+        rate_limit: RateLimit | None = None,
     ) -> None:
         self.sinks = list(sinks)
         self.throttle = throttle
@@ -65,7 +51,8 @@ class AlertDelivery:
         self._pid: int | None = None
         self._queue: queue.Queue[Alert | None] = queue.Queue(queue_size)
         self._thread: threading.Thread | None = None
-        self._buckets = {sink.name: _TokenBucket(rate_limit_per_minute) for sink in self.sinks}
+        #: Per sink; ``rate_limit_per_minute`` per process unless a (shared) limit is given.
+        self.rate_limit: RateLimit = rate_limit or LocalRateLimit(rate_limit_per_minute)
         self._start_lock = threading.Lock()
 
     # -- any thread ---------------------------------------------------------------------------
@@ -149,7 +136,7 @@ class AlertDelivery:
 
     def _deliver(self, alert: Alert) -> None:
         for sink in self.sinks:
-            if not self._buckets[sink.name].take():
+            if not self._take(sink.name):
                 self._record(sink.name, "suppressed")
                 logger.warning(
                     "alert rate limit of sink %s reached; suppressed: %s", sink.name, alert.summary
@@ -162,6 +149,13 @@ class AlertDelivery:
                 logger.exception("alert sink %s failed to send: %s", sink.name, alert.summary)
             else:
                 self._record(sink.name, "sent")
+
+    def _take(self, sink: str) -> bool:
+        try:
+            return self.rate_limit.take(sink)
+        except Exception:  # pragma: no cover - defensive: a broken limiter must not stop delivery
+            logger.exception("alert rate limit failed; sending unlimited")
+            return True
 
     def _record(self, sink: str, result: str) -> None:
         if self.on_result is not None:

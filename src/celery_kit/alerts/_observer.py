@@ -19,6 +19,7 @@ from .._events import EventType, FailureKind, TaskEvent
 from .._payload import PayloadSchema
 from ._delivery import AlertDelivery, ResultCallback
 from ._model import Alert, AlertKind, redact
+from ._ratelimit import LocalRateLimit, RateLimit, RedisRateLimit
 from ._sinks import Alerter, LogSink, SmtpSink, WebhookSink
 from ._throttle import LocalThrottle, RedisThrottle, Throttle
 
@@ -35,11 +36,12 @@ class Alerting:
         sinks: where alerts go (several at once).
         window: seconds of the throttle window; later occurrences become one digest.
         max_backoff: how many times longer the window may grow during a storm.
-        redis_url: share the throttle state through Redis across pool processes and hosts
-            (otherwise each process throttles on its own).
+        redis_url: share the throttle state and the rate limits through Redis across pool
+            processes and hosts (otherwise each process throttles and limits on its own).
         link_template: e.g. ``"https://flower.example.com/task/{task_id}"``; any alert
             field may be used.
-        rate_limit_per_minute: per sink, across all incidents.
+        rate_limit_per_minute: per sink, across all incidents (and, with ``redis_url``,
+            across all processes and hosts sharing ``redis_prefix``).
     """
 
     sinks: Sequence[Alerter] = field(default_factory=lambda: (LogSink(),))
@@ -58,6 +60,13 @@ class Alerting:
                 self.redis_url, window=self.window, max_backoff=self.max_backoff, prefix=self.redis_prefix
             )
         return LocalThrottle(window=self.window, max_backoff=self.max_backoff)
+
+    def rate_limit(self) -> RateLimit:
+        if self.redis_url:
+            return RedisRateLimit.from_url(
+                self.redis_url, self.rate_limit_per_minute, prefix=self.redis_prefix
+            )
+        return LocalRateLimit(self.rate_limit_per_minute)
 
 
 def sinks_from_urls(urls: Sequence[str | SecretStr]) -> list[Alerter]:
@@ -123,6 +132,9 @@ class _Fields(dict[str, Any]):
 class AlertObserver:
     """Turns final failures into alerts and hands them to the delivery thread."""
 
+    #: The dispatcher calls it for these only (see :class:`~celery_kit.Dispatcher`).
+    event_types = frozenset({EventType.FAILED})
+
     def __init__(self, delivery: AlertDelivery, *, link_template: str | None = None) -> None:
         self.delivery = delivery
         self.link_template = link_template
@@ -170,6 +182,7 @@ def install(app: Any, alerting: Alerting, *, on_result: ResultCallback | None = 
         alerting.sinks,
         alerting.throttle(),
         rate_limit_per_minute=alerting.rate_limit_per_minute,
+        rate_limit=alerting.rate_limit(),
         queue_size=alerting.queue_size,
         on_result=on_result,
         # With a shared throttle another process sends the digest when the window ends.

@@ -6,9 +6,14 @@ the window ends, one digest says how many more there were. A window that ends wi
 digest doubles the next one (up to ``max_backoff`` times), so a storm that goes on for an
 hour sends a handful of messages, not thousands.
 
-:class:`RedisThrottle` keeps that state in Redis with atomic commands (``SET NX PX``,
-``INCR``, ``GETDEL``), so every pool process on every host shares one window per
-incident. :class:`LocalThrottle` keeps it in the process, the fallback without Redis.
+An occurrence that arrives after a window ended but before its digest was taken is
+counted into that digest (it goes out within a flush interval); the next window opens
+only once the digest is taken, so it is the longer one and a digest is never held back
+or merged into the next window's.
+
+:class:`RedisThrottle` keeps that state in Redis and changes it with Lua scripts (each
+atomic), so every pool process on every host shares one window per incident.
+:class:`LocalThrottle` keeps it in the process, the fallback without Redis.
 """
 
 from __future__ import annotations
@@ -105,6 +110,74 @@ def _digest(last: Alert, count: int, first: datetime | None, length: float) -> A
     )
 
 
+def redis_client(url: str) -> Any:
+    """A Redis client for the alerting state, with short timeouts (delivery-thread only)."""
+    try:
+        import redis
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        from .._errors import ConfigurationError
+
+        raise ConfigurationError(
+            "shared alert throttling needs the redis client: pip install redis "
+            "(or celery[redis]), or drop the Redis URL to throttle per process."
+        ) from exc
+    return redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
+
+
+# Keys of one incident: KEYS[1] win (exists while the window is open; its length in ms),
+# [2] count, [3] first, [4] last (the occurrences held back for the digest), [5] len (the
+# length in ms of the window they belong to), [6] storms (digests in a row).
+
+# ARGV: base window (ms), max backoff, first_seen, the alert as JSON.
+# Returns 1: send the alert now (it opened a window); 0: counted for the digest.
+_ADMIT = """
+local length = tonumber(redis.call('GET', KEYS[1]))
+if not length then
+  if redis.call('EXISTS', KEYS[2]) == 0 then
+    local storms = tonumber(redis.call('GET', KEYS[6])) or 0
+    local factor = math.min(2 ^ math.min(storms, 30), tonumber(ARGV[2]))
+    length = math.max(1, math.floor(tonumber(ARGV[1]) * factor))
+    redis.call('SET', KEYS[1], length, 'PX', length)
+    return 1
+  end
+  -- The window ended but its digest was not taken yet: this occurrence belongs to it.
+  length = tonumber(redis.call('GET', KEYS[5])) or tonumber(ARGV[1])
+end
+local keep = length * 4
+redis.call('INCR', KEYS[2])
+redis.call('PEXPIRE', KEYS[2], keep)
+redis.call('SET', KEYS[3], ARGV[3], 'NX', 'PX', keep)
+redis.call('SET', KEYS[4], ARGV[4], 'PX', keep)
+redis.call('SET', KEYS[5], length, 'PX', keep)
+return 0
+"""
+
+# ARGV: force ('1' takes the digest of an open window too), TTL of the storms counter (s).
+# Returns nil (nothing due) or {count, first, last, len}, taking them: one process does.
+_TAKE_DIGEST = """
+if ARGV[1] ~= '1' and redis.call('EXISTS', KEYS[1]) == 1 then
+  return nil
+end
+local count = redis.call('GETDEL', KEYS[2])
+if not count then
+  return nil
+end
+local first = redis.call('GETDEL', KEYS[3])
+local last = redis.call('GETDEL', KEYS[4])
+local length = redis.call('GETDEL', KEYS[5])
+redis.call('INCR', KEYS[6])
+redis.call('EXPIRE', KEYS[6], ARGV[2])
+return {count, first, last, length}
+"""
+
+_PARTS = ("win", "count", "first", "last", "len", "storms")
+
+
+def _text(value: Any) -> str:
+    """A reply as text, whether or not the client decodes responses."""
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
 class RedisThrottle:
     """Throttle state shared through Redis by every process and host."""
 
@@ -115,64 +188,50 @@ class RedisThrottle:
         self.window = window
         self.max_backoff = max_backoff
         self.prefix = prefix
+        self._admit = client.register_script(_ADMIT)
+        self._take = client.register_script(_TAKE_DIGEST)
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> RedisThrottle:
-        try:
-            import redis
-        except ImportError as exc:  # pragma: no cover - depends on the environment
-            from .._errors import ConfigurationError
-
-            raise ConfigurationError(
-                "shared alert throttling needs the redis client: pip install redis "
-                "(or celery[redis]), or drop the Redis URL to throttle per process."
-            ) from exc
-        return cls(redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2), **options)
+        return cls(redis_client(url), **options)
 
     def _key(self, fingerprint: str) -> str:
         digest = hashlib.sha1(fingerprint.encode(), usedforsecurity=False).hexdigest()[:16]
         return f"{self.prefix}:{digest}"
 
+    @staticmethod
+    def _keys(key: str) -> list[str]:
+        return [f"{key}:{part}" for part in _PARTS]
+
     def admit(self, alert: Alert) -> bool:
-        key = self._key(alert.fingerprint)
-        storms = int(self.client.get(f"{key}:storms") or 0)
-        length = _window_length(self.window, storms, self.max_backoff)
-        millis = max(1, int(length * 1000))
-        if self.client.set(f"{key}:win", "1", nx=True, px=millis):
-            return True
-        keep = millis * 4
-        with self.client.pipeline(transaction=True) as pipe:
-            pipe.incr(f"{key}:count")
-            pipe.pexpire(f"{key}:count", keep)
-            pipe.set(f"{key}:first", alert.first_seen.isoformat(), nx=True, px=keep)
-            pipe.set(
-                f"{key}:last", alert.model_copy(update={"window_seconds": length}).model_dump_json(), px=keep
-            )
-            pipe.execute()
-        return False
+        opened = self._admit(
+            keys=self._keys(self._key(alert.fingerprint)),
+            args=[
+                max(1, int(self.window * 1000)),
+                self.max_backoff,
+                alert.first_seen.isoformat(),
+                alert.model_dump_json(),
+            ],
+        )
+        return bool(opened)
 
     def due_digests(self, *, force: bool = False) -> list[Alert]:
         digests = []
+        storms_ttl = int(self.window * self.max_backoff * 4) + 1
         for raw in self.client.scan_iter(match=f"{self.prefix}:*:count", count=500):
-            count_key = raw.decode() if isinstance(raw, bytes) else str(raw)
-            key = count_key[: -len(":count")]
-            if not force and self.client.exists(f"{key}:win"):
+            count_key = _text(raw)
+            taken = self._take(
+                keys=self._keys(count_key[: -len(":count")]), args=["1" if force else "0", storms_ttl]
+            )
+            if not taken:
                 continue
-            count = self.client.getdel(count_key)  # atomic: one process takes the digest
-            if not count:
-                continue
-            last = self.client.getdel(f"{key}:last")
-            first = self.client.getdel(f"{key}:first")
+            count, first, last, length = taken
             if last is None:
                 continue
-            alert = Alert.model_validate_json(last)
-            first_seen = datetime.fromisoformat(first.decode()) if first else None
-            digests.append(_digest(alert, int(count), first_seen, alert.window_seconds or self.window))
-            storms_key = f"{key}:storms"
-            with self.client.pipeline(transaction=True) as pipe:
-                pipe.incr(storms_key)
-                pipe.expire(storms_key, int(self.window * self.max_backoff * 4) + 1)
-                pipe.execute()
+            alert = Alert.model_validate_json(_text(last))
+            first_seen = datetime.fromisoformat(_text(first)) if first else None
+            seconds = int(length) / 1000 if length else self.window
+            digests.append(_digest(alert, int(count), first_seen, seconds))
         return digests
 
 

@@ -156,6 +156,10 @@ def _build(
         # Eager mode runs tasks in the caller, skipping serialisation, routing and the
         # worker: nothing a preset configures would be exercised. Never on.
         "task_always_eager": False,
+        # Celery's consumer, except that a broker connection lost mid-load does not stop
+        # the worker (Celery 5.7 + Redis: "Unrecoverable error: AttributeError"); see
+        # celery_kit.consumer.
+        "worker_consumer": "celery_kit.consumer:Consumer",
         "task_soft_time_limit": soft_time_limit,
         "task_time_limit": time_limit,
         MAX_PAYLOAD_SETTING: max_payload_bytes,

@@ -1,0 +1,1 @@
+"""Business logic the tasks call: no Celery in here, so it is usable (and testable) alone."""

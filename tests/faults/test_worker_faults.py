@@ -1,0 +1,146 @@
+"""Workers that die or are told to stop mid-load: every acknowledged task still completes.
+
+Under ``presets.reliable`` (late acks, requeue on a lost worker, prefetch 1) the promise is
+at-least-once: no task is lost, and a task runs twice only if it was in flight -- started,
+or finished but not yet acknowledged -- on the process that the fault hit.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+
+from .._support import wait_for
+from .conftest import FaultRig, Report, record, scale
+
+pytestmark = pytest.mark.integration
+
+CONCURRENCY = 2
+#: What a prefork worker holds unacknowledged at most under the preset: one message per
+#: process (``worker_prefetch_multiplier=1``), running or reserved.
+UNACKED_PER_WORKER = CONCURRENCY
+
+
+def _redis_restore_env(rig: FaultRig) -> dict[str, str]:
+    """On Redis a dead worker's messages come back after ``visibility_timeout``: make it 8 s."""
+    return {"KIT_FAULT_VISIBILITY": "8"} if rig.broker == "redis" else {}
+
+
+def test_kill9_of_pool_children_mid_task_requeues_only_those_tasks(
+    rig: FaultRig, reliability_report: Report
+) -> None:
+    start = time.monotonic()
+    work = rig.app().tasks["faults.work"]
+    worker = rig.worker(concurrency=CONCURRENCY)
+    total = scale(60, 600)
+    ids = [work.delay(n=i, seconds=0.3).id for i in range(total)]
+
+    kills = 3
+    in_flight_at_kills: set[str] = set()
+    killed_tasks: set[str] = set()
+
+    def victim() -> tuple[str, int] | None:
+        """A task running right now in a live pool child, not one killed before."""
+        children = set(worker.pool_pids())
+        completed = rig.ledger.completed()
+        for task_id, pid in rig.ledger.running().items():
+            if pid in children and task_id not in completed and task_id not in killed_tasks:
+                return task_id, pid
+        return None
+
+    for _ in range(kills):
+        wait_for(lambda: victim() is not None, timeout=30)
+        chosen = victim()
+        assert chosen is not None
+        os.kill(chosen[1], signal.SIGKILL)
+        killed_tasks.add(chosen[0])
+        in_flight_at_kills |= set(rig.ledger.started()) - set(rig.ledger.completed())
+        time.sleep(1.0)  # let the pool replace the child before the next kill
+
+    rig.wait_completed(ids, timeout=120)
+    _done, _executions, lost, twice = record(
+        reliability_report,
+        rig,
+        "kill -9 of a pool child mid-task",
+        ids,
+        f"{kills} x SIGKILL of the child running a task",
+        start,
+        "each killed task was requeued (task_reject_on_worker_lost) and ran again to completion",
+    )
+    assert lost == 0
+    # The killed tasks were requeued and ran again; nothing else ran twice.
+    assert len(killed_tasks) == kills
+    assert killed_tasks <= twice, f"killed tasks not re-run: {killed_tasks - twice}"
+    assert twice <= in_flight_at_kills
+    assert len(twice) <= kills * UNACKED_PER_WORKER
+    assert all(rig.ledger.completed()[tid] == 1 for tid in ids)
+
+
+def test_kill9_of_the_whole_worker_mid_load_loses_nothing(rig: FaultRig, reliability_report: Report) -> None:
+    start = time.monotonic()
+    work = rig.app().tasks["faults.work"]
+    first = rig.worker(concurrency=CONCURRENCY, env=_redis_restore_env(rig))
+    total = scale(80, 1000)
+    ids = [work.delay(n=i, seconds=0.15).id for i in range(total)]
+
+    wait_for(lambda: rig.ledger.completed_count() >= total // 4, timeout=60)
+    started_before_kill = set(rig.ledger.started())
+    first.kill_all()  # main process and pool children: the node vanished (OOM kill, power loss)
+    completed_at_kill = rig.ledger.completed_count()
+    assert completed_at_kill < total, "the worker finished before the kill; the test proves nothing"
+
+    rig.worker(concurrency=CONCURRENCY, env=_redis_restore_env(rig))
+    rig.wait_completed(ids, timeout=120)
+    _done, _executions, lost, twice = record(
+        reliability_report,
+        rig,
+        "kill -9 of the worker (main + children) mid-load",
+        ids,
+        f"1 x SIGKILL of every worker process after {completed_at_kill} tasks; a new worker started",
+        start,
+        (
+            "messages the dead worker held came back after visibility_timeout (8 s in the test)"
+            if rig.broker == "redis"
+            else "RabbitMQ requeued the dead connection's unacknowledged messages at once"
+        ),
+    )
+    assert lost == 0
+    # Only what the dead worker held unacknowledged (running, or finished but not yet
+    # acknowledged) may run again.
+    assert twice <= started_before_kill
+    assert len(twice) <= UNACKED_PER_WORKER
+
+
+def test_warm_shutdown_mid_load_finishes_or_returns_every_task(
+    rig: FaultRig, reliability_report: Report
+) -> None:
+    start = time.monotonic()
+    work = rig.app().tasks["faults.work"]
+    first = rig.worker(concurrency=CONCURRENCY)
+    total = scale(40, 400)
+    ids = [work.delay(n=i, seconds=0.3).id for i in range(total)]
+
+    wait_for(lambda: rig.ledger.completed_count() >= 6, timeout=60)
+    assert first.process is not None
+    first.process.send_signal(signal.SIGTERM)  # warm shutdown: finish what runs, take nothing new
+    assert first.process.wait(60) == 0, first.log()[-3000:]
+    in_flight = set(rig.ledger.started()) - set(rig.ledger.completed())
+    completed_at_stop = rig.ledger.completed_count()
+    assert not in_flight, f"warm shutdown left tasks unfinished: {in_flight}"
+    assert completed_at_stop < total, "the worker finished before the shutdown; the test proves nothing"
+
+    rig.worker(concurrency=CONCURRENCY)
+    rig.wait_completed(ids, timeout=120)
+    _done, _executions, lost, twice = record(
+        reliability_report,
+        rig,
+        "warm shutdown (SIGTERM) mid-load",
+        ids,
+        f"SIGTERM after {completed_at_stop} tasks; a new worker started",
+        start,
+    )
+    assert lost == 0
+    assert twice == set(), "a warm shutdown must not run any task twice"
