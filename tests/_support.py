@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import time
 from collections.abc import Callable
+from typing import Any
 
 TIMEOUT = 30.0
 
@@ -24,3 +26,16 @@ def wait_for(predicate: Callable[[], object], timeout: float = TIMEOUT) -> None:
             return
         time.sleep(0.2)
     raise AssertionError(f"condition not reached within {timeout}s")
+
+
+def json_lines(text: str) -> list[dict[str, Any]]:
+    """The JSON objects among ``text``'s lines (a worker log mixes them with plain lines)."""
+    lines = []
+    for raw in text.splitlines():
+        try:
+            line = json.loads(raw)
+        except ValueError:
+            continue
+        if isinstance(line, dict):
+            lines.append(line)
+    return lines

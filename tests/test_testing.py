@@ -103,3 +103,28 @@ def test_an_unreachable_broker_fails_the_test_instead_of_skipping(pytester: pyte
     result = pytester.runpytest("--celery-kit-broker=redis://127.0.0.1:1/0", "-p", "no:cacheprovider")
     result.assert_outcomes(errors=1)
     result.stdout.fnmatch_lines(["*no broker reachable for celery_kit tests*"])
+
+
+def test_celerys_classic_fixtures_still_work_beside_the_plugin(pytester: pytest.Pytester) -> None:
+    """pytest-celery replaces ``celery_worker`` with a Docker one; the kit adds its own fixture
+    names and leaves Celery's classic in-process session worker usable for kit tasks."""
+    pytester.makeconftest(
+        'import pytest\npytest_plugins = ["celery_kit.testing"]\n\n'
+        '@pytest.fixture(scope="session")\n'
+        "def celery_config():\n"
+        '    return {"broker_url": "memory://", "result_backend": "cache+memory://"}\n'
+    )
+    pytester.makepyfile(
+        "import pytest\n"
+        "from pydantic import ValidationError\n"
+        "from celery_kit import validated_task\n\n"
+        '@validated_task(name="classic.add", soft_time_limit=5, time_limit=10)\n'
+        "def add(a: int, b: int) -> int:\n"
+        "    return a + b\n\n"
+        "def test_classic(celery_session_app, celery_session_worker):\n"
+        '    assert celery_session_app.tasks["classic.add"].delay(2, "3").get(timeout=10) == 5\n'
+        "    with pytest.raises(ValidationError):\n"
+        '        celery_session_app.tasks["classic.add"].delay(2, "three")\n'
+    )
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1)

@@ -2,13 +2,17 @@
 
 Celery 5.7 sends ``task_failure`` from the worker's main process when the hard time limit
 kills a pool process, but without the request on the task's stack; 5.5 and 5.6 only mark
-the result. Reporting the timeout here, first and with the message's own context, covers
+the result. For a lost pool process, 5.5 and 5.6 send ``task_failure`` without the request
+on the stack too. Reporting both here, first and with the message's own context, covers
 every supported version; the bridge reports each attempt once.
 """
 
 from __future__ import annotations
 
-from celery.exceptions import TimeLimitExceeded
+from typing import Any
+
+from billiard.einfo import ExceptionWithTraceback
+from celery.exceptions import TimeLimitExceeded, WorkerLostError
 from celery.worker.request import Request
 
 from ._bridge import report_main_process_failure
@@ -24,3 +28,12 @@ class KitRequest(Request):  # type: ignore[misc]
         if not soft:
             report_main_process_failure(self.task, self.id, TimeLimitExceeded(timeout), self._context)
         super().on_timeout(soft, timeout)
+
+    def on_failure(self, exc_info: Any, send_failed_event: bool = True, return_ok: bool = False) -> None:
+        exc = exc_info.exception
+        if isinstance(exc, ExceptionWithTraceback):
+            exc = exc.exc
+        requeued = self.task.acks_late and self.task.reject_on_worker_lost
+        if isinstance(exc, TimeLimitExceeded) or (isinstance(exc, WorkerLostError) and not requeued):
+            report_main_process_failure(self.task, self.id, exc, self._context)
+        super().on_failure(exc_info, send_failed_event, return_ok)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import inspect
 import logging
 import math
+import os
 import time
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar, NoReturn, TypeVar, overload
@@ -154,7 +155,10 @@ class ValidatedTask(celery.Task):  # type: ignore[misc]
         cls._soft_timeout_hooks = list(cls._soft_timeout_hooks)
         cls._keep_payload = bool(cls.log_payload or cls.alert_payload)
         namespace = cls.__dict__
-        if namespace.get("_dump_pydantic_arguments") is not None:
+        # Celery 5.7 marks a pydantic=True task class; 5.5 and 5.6 wrap its function instead.
+        if namespace.get("_dump_pydantic_arguments") is not None or _wrapped_by_celery_pydantic(
+            namespace.get("run")
+        ):
             raise ConfigurationError(
                 f"task {namespace.get('name')!r}: ValidatedTask already validates its payload "
                 "with pydantic; drop pydantic=True from the task options."
@@ -419,6 +423,19 @@ class ValidatedTask(celery.Task):  # type: ignore[misc]
 
 
 ValidatedTask.__module__ = "celery_kit"
+
+
+def _wrapped_by_celery_pydantic(run: Any) -> bool:
+    """Whether Celery 5.5/5.6's ``pydantic=True`` wrapped the task function.
+
+    ``functools.wraps`` copies the name, so the wrapper is told by its code object.
+    """
+    code = getattr(getattr(run, "__func__", run), "__code__", None)
+    return (
+        code is not None
+        and code.co_name == "wrapper"
+        and code.co_filename.replace(os.sep, "/").endswith("celery/app/base.py")
+    )
 
 
 @overload

@@ -387,7 +387,9 @@ class LoggingObserver:
             event.queue,
             event.retries,
             getattr(request, "parent_id", None),
-            getattr(request, "root_id", None),
+            # A task published outside any workflow is its own root (Celery 5.5 leaves
+            # root_id empty for eager calls; 5.7 fills it in).
+            getattr(request, "root_id", None) or event.task_id,
         )
         log.info("task started", queue_wait_seconds=event.queue_wait)
 

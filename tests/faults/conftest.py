@@ -68,9 +68,11 @@ class Ledger:
     def completed_count(self) -> int:
         return int(self.state.hlen(f"{self.prefix}:completed"))
 
-    def running(self) -> dict[str, int]:
-        """Task id -> pid of the pool process executing it right now."""
-        return self._hash("running")
+    def running(self) -> dict[str, tuple[int, float]]:
+        """Task id -> (pid of the pool process executing it, when it started)."""
+        raw = self.state.hgetall(f"{self.prefix}:running")
+        entries = (_text(value).split() for value in raw.values())
+        return {_text(key): (int(pid), float(stamp)) for key, (pid, stamp) in zip(raw, entries, strict=True)}
 
     def wait_completed(self, ids: Iterable[str], timeout: float) -> None:
         wanted = set(ids)

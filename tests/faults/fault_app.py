@@ -67,7 +67,7 @@ def build_app(
         task_id = self.request.id
         pipe = state.pipeline(transaction=False)
         pipe.hincrby(started, task_id, 1)
-        pipe.hset(running, task_id, os.getpid())
+        pipe.hset(running, task_id, f"{os.getpid()} {time.time()}")
         pipe.execute()
         if seconds:
             time.sleep(seconds)

@@ -49,7 +49,7 @@ from celery_kit import (
 from celery_kit.presets import production, reliable
 from celery_kit.testing import AlertReceiver, WorkerProcess, read_metric
 
-from .._support import free_port
+from .._support import free_port, json_lines
 from ..conftest import RUN_ID, published
 from .hostile_app import build_app
 
@@ -69,18 +69,6 @@ def wait_until(predicate: Callable[[], object], timeout: float = TIMEOUT, what: 
         if time.monotonic() > deadline:
             raise AssertionError(f"{what} not reached within {timeout}s")
         time.sleep(0.05)
-
-
-def json_lines(text: str) -> list[dict[str, Any]]:
-    lines = []
-    for raw in text.splitlines():
-        try:
-            line = json.loads(raw)
-        except ValueError:
-            continue
-        if isinstance(line, dict):
-            lines.append(line)
-    return lines
 
 
 # -- caller side: Hypothesis against the in-memory broker --------------------------------------

@@ -42,21 +42,24 @@ def test_kill9_of_pool_children_mid_task_requeues_only_those_tasks(
     in_flight_at_kills: set[str] = set()
     killed_tasks: set[str] = set()
 
-    def victim() -> tuple[str, int] | None:
-        """A task running right now in a live pool child, not one killed before."""
+    chosen: list[tuple[str, int]] = []
+
+    def victim_found() -> bool:
+        """A task that started in a live pool child less than 0.1 s ago (so it is still
+        running when the kill lands), and not one killed before."""
         children = set(worker.pool_pids())
-        completed = rig.ledger.completed()
-        for task_id, pid in rig.ledger.running().items():
-            if pid in children and task_id not in completed and task_id not in killed_tasks:
-                return task_id, pid
-        return None
+        now = time.time()
+        for task_id, (pid, started) in rig.ledger.running().items():
+            if pid in children and now - started < 0.1 and task_id not in killed_tasks:
+                chosen[:] = [(task_id, pid)]
+                return True
+        return False
 
     for _ in range(kills):
-        wait_for(lambda: victim() is not None, timeout=30)
-        chosen = victim()
-        assert chosen is not None
-        os.kill(chosen[1], signal.SIGKILL)
-        killed_tasks.add(chosen[0])
+        wait_for(victim_found, timeout=30)
+        task_id, pid = chosen[0]
+        os.kill(pid, signal.SIGKILL)
+        killed_tasks.add(task_id)
         in_flight_at_kills |= set(rig.ledger.started()) - set(rig.ledger.completed())
         time.sleep(1.0)  # let the pool replace the child before the next kill
 

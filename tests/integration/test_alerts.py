@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import threading
@@ -18,7 +17,7 @@ from celery import Celery
 
 from celery_kit.testing import AlertReceiver, WorkerProcess, read_metric
 
-from .._support import free_port, wait_for
+from .._support import free_port, json_lines, wait_for
 from ..conftest import RUN_ID
 from .alerted_app import build_app
 
@@ -39,15 +38,7 @@ class Alerted:
         return read_metric(name, labels, port=self.port)
 
     def log_lines(self) -> list[dict[str, Any]]:
-        lines = []
-        for raw in self.worker.log().splitlines():
-            try:
-                line = json.loads(raw)
-            except ValueError:
-                continue
-            if isinstance(line, dict):
-                lines.append(line)
-        return lines
+        return json_lines(self.worker.log())
 
 
 @pytest.fixture(scope="module")
@@ -125,7 +116,7 @@ def test_hard_timeout_and_a_killed_pool_process_alert_once_each(alerted: Alerted
     # Reported from the main process, yet with the message's own context, not a blank one.
     queue = alerted.app.conf.task_default_queue
     for alert in (*alerted.webhook.of("al.stubborn"), *alerted.webhook.of("al.victim")):
-        assert (alert.queue, alert.root_id) == (queue, alert.task_id)
+        assert (alert.queue, alert.root_id) == (queue, alert.task_id), alert.kind
 
 
 def test_secrets_and_password_fields_never_reach_a_sink(alerted: Alerted) -> None:

@@ -23,7 +23,7 @@ from pydantic import ValidationError
 
 from celery_kit.testing import WorkerProcess, read_metric
 
-from .._support import free_port, wait_for
+from .._support import free_port, json_lines, wait_for
 from ..conftest import RUN_ID
 from .observed_app import build_app
 
@@ -55,15 +55,7 @@ class Observed:
         return read_metric(name, labels, port=self.port)
 
     def log_lines(self) -> list[dict[str, Any]]:
-        lines = []
-        for raw in self.worker.log().splitlines():
-            try:
-                line = json.loads(raw)
-            except ValueError:
-                continue
-            if isinstance(line, dict):
-                lines.append(line)
-        return lines
+        return json_lines(self.worker.log())
 
 
 def _start(pool: str, redis_url: str) -> tuple[Observed, str]:
