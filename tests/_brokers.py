@@ -15,12 +15,26 @@ from pathlib import Path
 
 import pytest
 import redis
+from celery import Celery
 
 from ._support import free_port, wait_for
 
 #: Where Debian's rabbitmq-server keeps its real scripts: the ``/usr/sbin`` wrappers switch
 #: to the ``rabbitmq`` user and drop the environment that makes a node private.
 RABBITMQ_BIN = Path(os.environ.get("CELERY_KIT_TEST_RABBITMQ_BIN", "/usr/lib/rabbitmq/bin"))
+
+
+def drop_queue(app: Celery, queue: str) -> int:
+    """Delete ``queue``; return how many messages were still in it (Redis keeps no empty list:
+    no queue, no message)."""
+    with app.connection_for_write() as conn:
+        channel = conn.default_channel
+        try:
+            _, left, _ = channel.queue_declare(queue, passive=True)
+        except conn.channel_errors:
+            return 0
+        channel.queue_delete(queue)
+    return int(left)
 
 
 def _port_open(port: int) -> bool:

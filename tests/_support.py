@@ -39,3 +39,17 @@ def json_lines(text: str) -> list[dict[str, Any]]:
         if isinstance(line, dict):
             lines.append(line)
     return lines
+
+
+def count_attempts(app: Any, state: Any, prefix: str) -> None:
+    """Count every execution attempt ``app``'s worker starts (invalid payloads included) in
+    Redis under ``{prefix}:attempts:{task_id}``; tests count attempts instead of trusting
+    results."""
+    from celery import signals
+
+    def count_attempt(sender: Any = None, task_id: str | None = None, **_: object) -> None:
+        if sender is not None and sender.app is app:
+            state.incr(f"{prefix}:attempts:{task_id}")
+
+    signals.task_prerun.connect(count_attempt, weak=False)
+    app._kit_test_receivers = [count_attempt]

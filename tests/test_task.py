@@ -505,3 +505,17 @@ def test_control_flow_and_soft_timeouts_are_never_retried_even_when_everything_i
     assert result.state == state
     assert calls == [1]
     assert not [e for e in seen if e.type is EventType.RETRYING]
+
+
+def test_bytes_json_cannot_carry_raise_a_validation_error_and_publish_nothing(app: Celery) -> None:
+    @validated_task(app, shared=False, name="t.blob")
+    def blob(data: dict[str, Any]) -> None: ...
+
+    refused: list[TaskEvent] = []
+    dispatcher_for(app).subscribe(
+        lambda event: refused.append(event) if event.type is EventType.REFUSED else None
+    )
+    with pytest.raises(ValidationError, match="cannot be encoded as JSON"):
+        blob.delay({"raw": b"\xff\xfe"})
+    assert published(app) == []
+    assert [e.task_name for e in refused] == ["t.blob"]

@@ -222,7 +222,20 @@ class PayloadSchema:
     def to_wire(
         self, args: tuple[Any, ...] | list[Any] | None, kwargs: Mapping[str, Any] | None
     ) -> tuple[tuple[Any, ...], dict[str, Any]]:
-        """Validate, then dump to the plain-JSON form that goes on the wire."""
+        """Validate, then dump to the plain-JSON form that goes on the wire.
+
+        Raises:
+            pydantic.ValidationError: the payload does not fit, or cannot be dumped (bytes
+                that are not UTF-8 in a JSON field, say).
+        """
+        try:
+            return self._to_wire(args, kwargs)
+        except (PydanticSerializationError, UnicodeError) as exc:
+            raise self.unencodable(exc) from None
+
+    def _to_wire(
+        self, args: tuple[Any, ...] | list[Any] | None, kwargs: Mapping[str, Any] | None
+    ) -> tuple[tuple[Any, ...], dict[str, Any]]:
         args = args or ()
         kwargs = kwargs or {}
         if not self._built:

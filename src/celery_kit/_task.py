@@ -27,7 +27,6 @@ import celery
 from celery import shared_task, signals
 from celery.exceptions import Ignore, Reject, Retry, SoftTimeLimitExceeded
 from pydantic import BaseModel, ValidationError
-from pydantic_core import PydanticSerializationError
 from tenacity import wait_fixed
 
 from . import _bridge  # noqa: F401  -- tasks and instrument need the signal receivers
@@ -268,10 +267,7 @@ class ValidatedTask(celery.Task):  # type: ignore[misc]
                     "your workers). Use serializer='json' (task_serializer='json')."
                 )
             try:
-                try:
-                    args, kwargs = schema.to_wire(args, kwargs)
-                except (PydanticSerializationError, UnicodeError) as exc:  # bytes not UTF-8
-                    raise schema.unencodable(exc) from None
+                args, kwargs = schema.to_wire(args, kwargs)
                 schema.check_size(args, kwargs, self._payload_limit)
                 if schema.has_secrets and "argsrepr" not in options:
                     options["argsrepr"], options["kwargsrepr"] = schema.masked_reprs(args, kwargs)

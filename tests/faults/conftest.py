@@ -12,7 +12,6 @@ import contextlib
 import os
 import platform
 import signal
-import socket
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
@@ -28,7 +27,7 @@ from celery import Celery
 
 from celery_kit.testing import WorkerProcess
 
-from .._brokers import PrivateRedis
+from .._brokers import PrivateRedis, drop_queue
 from .._support import wait_for
 from ..conftest import RUN_ID
 from .fault_app import build_app
@@ -305,9 +304,7 @@ class FaultRig:
         app = Celery(set_as_current=False, broker=self.broker_url)
         app.conf.broker_connection_timeout = 3
         try:  # quorum queues outlive their consumers: leave nothing on the shared broker
-            with app.connection_for_write() as conn:
-                conn.ensure_connection(max_retries=1)
-                conn.default_channel.queue_delete(self.queue)
+            drop_queue(app, self.queue)
         except Exception:  # a private broker the test has already stopped
             pass
         finally:
@@ -348,10 +345,6 @@ def persistent_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
         yield server
     finally:
         server.stop()
-
-
-def hostname() -> str:
-    return socket.gethostname()
 
 
 def elapsed(start: float) -> float:

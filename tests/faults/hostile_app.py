@@ -10,15 +10,17 @@ metrics on a port of the test's choosing and, when a webhook is given, alerts.
 from __future__ import annotations
 
 import os
-from typing import Annotated, Any
+from typing import Annotated
 
 import redis
-from celery import Celery, signals
+from celery import Celery
 from pydantic import BaseModel, Field, SecretStr
 
 from celery_kit import instrument, validated_task
 from celery_kit.alerts import Alerting, WebhookSink
 from celery_kit.presets import reliable
+
+from .._support import count_attempts
 
 
 class Account(BaseModel):
@@ -65,13 +67,7 @@ def build_app(
     instrument(app, json_logs=True, metrics_port=metrics_port, alerts=alerts, health=False)
     state = redis.Redis.from_url(state_url)
 
-    def count_attempt(sender: Any = None, task_id: str | None = None, **_: object) -> None:
-        """Every execution attempt the worker starts, invalid payloads included."""
-        if sender is not None and sender.app is app:
-            state.incr(f"{prefix}:attempts:{task_id}")
-
-    signals.task_prerun.connect(count_attempt, weak=False)
-    app._kit_test_receivers = [count_attempt]
+    count_attempts(app, state, prefix)
 
     @validated_task(app, shared=False, name="hostile.count")
     def count(key: str, note: Annotated[str, Field(max_length=1000)] = "") -> int:

@@ -49,6 +49,7 @@ from celery_kit import (
 from celery_kit.presets import production, reliable
 from celery_kit.testing import AlertReceiver, WorkerProcess, read_metric
 
+from .._brokers import drop_queue
 from .._support import free_port, json_lines
 from ..conftest import RUN_ID, published
 from .hostile_app import build_app
@@ -530,17 +531,6 @@ class HostileWorker:
         return json_lines(self.worker.log()[since:])
 
 
-def _left_in_queue(app: Celery, queue: str) -> int:
-    with app.connection_for_write() as conn:
-        channel = conn.default_channel
-        try:
-            _, left, _ = channel.queue_declare(queue, passive=True)
-        except conn.channel_errors:
-            return 0
-        channel.queue_delete(queue)
-    return int(left)
-
-
 @pytest.fixture(scope="module", params=["redis", "rabbitmq"])
 def hostile(request: pytest.FixtureRequest, redis_url: str) -> Iterator[HostileWorker]:
     broker = redis_url if request.param == "redis" else request.getfixturevalue("amqp_url")
@@ -572,7 +562,7 @@ def hostile(request: pytest.FixtureRequest, redis_url: str) -> Iterator[HostileW
         assert worker.stop() == 0, f"the worker did not exit cleanly:\n{worker.log()[-3000:]}"
         # Late acks: a message the worker never settled is back in the queue once it is gone.
         assert hostile.unacknowledged() == 0
-        assert _left_in_queue(app, queue) == 0, "messages left unsettled in the queue"
+        assert drop_queue(app, queue) == 0, "messages left unsettled in the queue"
     finally:
         worker.stop()
         for key in state.scan_iter(f"{prefix}:*"):

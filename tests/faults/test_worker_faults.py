@@ -90,8 +90,10 @@ def test_kill9_of_the_whole_worker_mid_load_loses_nothing(rig: FaultRig, reliabi
     ids = [work.delay(n=i, seconds=0.15).id for i in range(total)]
 
     wait_for(lambda: rig.ledger.completed_count() >= total // 4, timeout=60)
-    started_before_kill = set(rig.ledger.started())
     first.kill_all()  # main process and pool children: the node vanished (OOM kill, power loss)
+    # Read after the kill: no worker runs until the next one starts, so this is exactly what
+    # had started before it (a read just before the kill would miss a task starting in between).
+    started_before_kill = set(rig.ledger.started())
     completed_at_kill = rig.ledger.completed_count()
     assert completed_at_kill < total, "the worker finished before the kill; the test proves nothing"
 

@@ -21,7 +21,7 @@ from celery import Celery
 
 from celery_kit.testing import WorkerProcess
 
-from .._brokers import PrivateRabbit, PrivateRedis
+from .._brokers import PrivateRabbit, PrivateRedis, drop_queue
 from ..conftest import RUN_ID
 from .health_app import build_app as health_build_app
 from .worker_app import build_app
@@ -44,18 +44,6 @@ class LiveWorker:
     def events(self, task_id: str) -> list[dict[str, Any]]:
         raw = self.state.lrange(f"{self.prefix}:events:{task_id}", 0, -1)
         return [json.loads(item) for item in raw]
-
-
-def _drop_queue(app: Celery, queue: str) -> int:
-    """Delete the queue; return how many messages were still in it."""
-    with app.connection_for_write() as conn:
-        channel = conn.default_channel
-        try:
-            _, left, _ = channel.queue_declare(queue, passive=True)
-        except conn.channel_errors:  # Redis keeps no empty list: no queue, no message
-            return 0
-        channel.queue_delete(queue)
-    return int(left)
 
 
 @pytest.fixture(scope="session", params=["redis", "rabbitmq"])
@@ -86,7 +74,7 @@ def live_worker(request: pytest.FixtureRequest, redis_url: str) -> Iterator[Live
         worker.stop()
         # With acks_late, a message the worker never acknowledged is back in the queue
         # once the worker is gone: every message must have been settled exactly once.
-        assert _drop_queue(app, queue) == 0, "messages left unacknowledged in the queue"
+        assert drop_queue(app, queue) == 0, "messages left unacknowledged in the queue"
     finally:
         worker.stop()
         for key in state.scan_iter(f"{prefix}:*"):

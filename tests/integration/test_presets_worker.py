@@ -14,7 +14,8 @@ import celery_kit
 from celery_kit.presets import Preset
 from celery_kit.testing import WorkerProcess
 
-from .conftest import ROOT, _drop_queue
+from .._brokers import drop_queue
+from .conftest import ROOT
 from .preset_app import TASK_NAME, Pong, build_preset_app
 
 pytestmark = pytest.mark.integration
@@ -40,7 +41,7 @@ def _is_quorum(app: Celery, queue: str) -> bool:
 
 def _cleanup(app: Celery, broker: str, *queues: str) -> None:
     for queue in queues:
-        _drop_queue(app, queue)
+        drop_queue(app, queue)
     if broker == "rabbitmq":
         with app.connection_for_write() as conn:
             for queue in queues:
@@ -74,7 +75,7 @@ def preset_worker(
         worker.start()
         yield app, worker, queue
         worker.stop()
-        assert _drop_queue(app, queue) == 0, "messages left in the queue after the worker stopped"
+        assert drop_queue(app, queue) == 0, "messages left in the queue after the worker stopped"
     finally:
         worker.stop()
         _cleanup(app, broker, queue, f"{queue}-default")

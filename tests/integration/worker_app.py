@@ -10,14 +10,15 @@ from __future__ import annotations
 import json
 import os
 import time
-from typing import Any
 
 import redis
-from celery import Celery, signals
+from celery import Celery
 from pydantic import BaseModel, Field
 from tenacity import wait_fixed
 
 from celery_kit import EventType, PermanentError, RetryPolicy, TaskEvent, dispatcher_for, validated_task
+
+from .._support import count_attempts
 
 
 class Order(BaseModel):
@@ -53,13 +54,7 @@ def build_app(broker_url: str, backend_url: str, queue: str, state_url: str, pre
     )
     state = redis.Redis.from_url(state_url)
 
-    def count_attempt(sender: Any = None, task_id: str | None = None, **_: object) -> None:
-        """Every execution attempt the worker starts, invalid payloads included."""
-        if sender is not None and sender.app is app:
-            state.incr(f"{prefix}:attempts:{task_id}")
-
-    signals.task_prerun.connect(count_attempt, weak=False)
-    app._kit_test_receivers = [count_attempt]
+    count_attempts(app, state, prefix)
 
     @dispatcher_for(app).subscribe
     def record_event(event: TaskEvent) -> None:
