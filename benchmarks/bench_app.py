@@ -7,6 +7,7 @@ the worker side, with results ignored.
 
 from __future__ import annotations
 
+import logging as std_logging
 import os
 from typing import Any
 
@@ -88,11 +89,44 @@ def build(variant: str, broker_url: str, queue: str, counter_url: str | None, co
     return app
 
 
-def devnull_logging() -> None:
-    """In-process runs of ``kit_full`` log every event: measure that, but not the terminal."""
-    from celery_kit.logging import configure_logging
+class ProcessLogging:
+    """The logging each variant's worker runs with, swapped in before each in-process round.
 
-    configure_logging(json=True, stream=open(os.devnull, "w"))  # noqa: SIM115 -- lives with the process
+    In-process, all variants share one interpreter, but in production each runs in its
+    own worker: a plain Celery worker at ``-l INFO`` writes Celery's "Task ... succeeded"
+    line per task through the standard library's logging; a worker with
+    ``instrument(app)`` writes the kit's JSON lifecycle lines instead (``instrument``
+    turns Celery's per-task lines off). Measuring ``plain`` with the kit's settings
+    would compare logging against no logging. Every line goes to ``/dev/null``: the
+    terminal is not what is measured.
+    """
+
+    def __init__(self) -> None:
+        from celery.utils.log import ColorFormatter
+
+        self._sink = open(os.devnull, "w")  # noqa: SIM115 -- lives with the process
+        handler = std_logging.StreamHandler(self._sink)
+        # What `celery worker` installs on the root logger (without colour: not a terminal).
+        handler.setFormatter(
+            ColorFormatter(Celery(set_as_current=False).conf.worker_log_format, use_color=False)
+        )
+        self._celery_handler = handler
+
+    def use(self, variant: str, level: int = std_logging.INFO) -> None:
+        """Set up the process's logging as ``variant``'s worker would have it, at ``level``."""
+        from celery_kit.logging import configure_logging
+
+        root = std_logging.getLogger()
+        if variant == "kit_full":
+            root.handlers = []
+            configure_logging(json=True, level=level, stream=self._sink)
+            per_task_level = std_logging.WARNING  # what instrument() sets
+        else:
+            root.handlers = [self._celery_handler]
+            root.setLevel(level)
+            per_task_level = std_logging.NOTSET  # Celery's default: follow the root logger
+        for name in ("celery.app.trace", "celery.worker.strategy"):
+            std_logging.getLogger(name).setLevel(per_task_level)
 
 
 if "BENCH_VARIANT" in os.environ:  # imported by a worker process

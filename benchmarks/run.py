@@ -16,6 +16,7 @@ import argparse
 import contextlib
 import datetime as dt
 import json
+import logging
 import os
 import platform
 import socket
@@ -34,13 +35,17 @@ import celery  # noqa: E402
 import pydantic  # noqa: E402
 import redis  # noqa: E402
 
-from benchmarks.bench_app import VARIANTS, build, devnull_logging  # noqa: E402
+from benchmarks.bench_app import VARIANTS, ProcessLogging, build  # noqa: E402
 from celery_kit.testing import WorkerProcess  # noqa: E402
 
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/12")
 AMQP_URL = os.environ.get("BENCH_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//")
 SMALL = {"to": "ada@example.com", "subject": "Hello", "body": "Hi Ada, your report is ready."}
 HEAVY = {"order_id": 7, "items": [{"sku": f"sku-{i}", "quantity": i, "price": 1.5 * i} for i in range(50)]}
+
+
+#: Created by main(): every in-process round runs under its variant's own logging.
+PROCESS_LOGGING: ProcessLogging
 
 
 class LostTasks(RuntimeError):
@@ -79,11 +84,14 @@ def interleaved(
     }
 
 
-def bench_in_process(n: int, rounds: int, heavy: bool, direct: bool) -> dict[str, Any]:
+def bench_in_process(
+    n: int, rounds: int, heavy: bool, direct: bool, log_level: int = logging.INFO
+) -> dict[str, Any]:
     apps = {v: build(v, "memory://", f"bench-{v}", None, "") for v in VARIANTS}
     tasks = {v: apps[v].tasks[call(v, heavy)[0]] for v in VARIANTS}
 
     def measure(variant: str) -> float:
+        PROCESS_LOGGING.use(variant, log_level)
         task = tasks[variant]
         _, args, kwargs = call(variant, heavy)
         started = time.perf_counter()
@@ -104,6 +112,7 @@ def bench_producer(n: int, rounds: int) -> dict[str, Any]:
     apps = {v: build(v, REDIS_URL, f"bench-prod-{run}-{v}", None, "") for v in VARIANTS}
 
     def measure(variant: str) -> float:
+        PROCESS_LOGGING.use(variant)
         app = apps[variant]
         name, args, kwargs = call(variant, False)
         task = app.tasks[name]
@@ -232,6 +241,7 @@ TARGETS: dict[str, tuple[tuple[str, str, float | str], ...]] = {
 }
 UNITS = {
     "apply_small": "µs/call",
+    "apply_small_warning": "µs/call",
     "apply_heavy": "µs/call",
     "call_small": "µs/call",
     "producer_redis": "msgs/s",
@@ -240,7 +250,7 @@ UNITS = {
 }
 #: What ``--only`` accepts besides the measurement names.
 GROUPS = {
-    "in-process": ("apply_small", "apply_heavy", "call_small"),
+    "in-process": ("apply_small", "apply_small_warning", "apply_heavy", "call_small"),
     "producer": ("producer_redis",),
     "e2e": ("e2e_redis", "e2e_rabbitmq"),
 }
@@ -332,7 +342,9 @@ def main() -> int:
     parser.add_argument("--docs", type=Path, help="write the performance page here")
     options = parser.parse_args()
     quick = options.quick
-    devnull_logging()
+    global PROCESS_LOGGING
+    PROCESS_LOGGING = ProcessLogging()
+    PROCESS_LOGGING.use("kit_full")  # the producer and end-to-end runs: the kit's lines to /dev/null
     results: dict[str, Any] = {"machine": machine(), "quick": quick}
     # Many short rounds rather than a few long ones: each round's ratio compares
     # variants measured moments apart, and the median of many ignores noisy rounds.
@@ -344,6 +356,9 @@ def main() -> int:
     e2e_variants = ("plain", "kit_full") if quick else VARIANTS
     steps: dict[str, Callable[[], dict[str, Any]]] = {
         "apply_small": lambda: bench_in_process(n_call, rounds, heavy=False, direct=False),
+        "apply_small_warning": lambda: bench_in_process(
+            n_call, rounds, heavy=False, direct=False, log_level=logging.WARNING
+        ),
         "apply_heavy": lambda: bench_in_process(n_call // 3, rounds, heavy=True, direct=False),
         "call_small": lambda: bench_in_process(n_call, rounds, heavy=False, direct=True),
         "producer_redis": lambda: bench_producer(n_pub, rounds),

@@ -49,6 +49,7 @@ from ._events import (
     classify,
     known_apps,
     publishing_app,
+    request_value,
 )
 
 __all__ = ["PUBLISHED_AT_HEADER", "MessageGuard", "envelope_problem", "report_rejected_message"]
@@ -98,7 +99,7 @@ def _eta_timestamp(eta: Any) -> float | None:
 
 def _queue_wait(request: Any, now: float) -> float | None:
     """Seconds from publish (or from the ETA, if later) to start, never negative."""
-    published = getattr(request, PUBLISHED_AT_HEADER, None)
+    published = request_value(request, PUBLISHED_AT_HEADER)
     if published is None:
         return None
     try:
@@ -142,12 +143,24 @@ def _on_before_publish(
         dispatcher.emit(TaskEvent(EventType.PUBLISHED, name, headers.get("id"), queue=routing_key or None))
 
 
+#: The attempts running in this process: task id -> (request, monotonic start, the
+#: attempt it shadows). Set at ``task_prerun`` and taken at ``task_postrun``, so the end
+#: of an attempt needs no second lookup through Celery's thread-local request stack. An
+#: eager retry runs the next attempt, with the same id, inside the current one: it
+#: shadows the outer attempt until it ends.
+_attempts: dict[str | None, tuple[Any, float, Any]] = {}
+#: More attempts than any pool runs at once means ``task_postrun`` went missing for some.
+_MAX_ATTEMPTS = 10_000
+
+
 def _on_prerun(task_id: str | None = None, task: Any = None, **_: Any) -> None:
     dispatcher = _dispatcher(task)
     if dispatcher is None:
         return
     request = task.request
-    request._celery_kit_started = time.monotonic()
+    if len(_attempts) >= _MAX_ATTEMPTS:
+        _attempts.clear()
+    _attempts[task_id] = (request, time.monotonic(), _attempts.get(task_id))
     if not dispatcher.wants(EventType.STARTED):
         return
     dispatcher.emit(
@@ -167,6 +180,9 @@ def _on_prerun(task_id: str | None = None, task: Any = None, **_: Any) -> None:
 def _on_postrun(
     task_id: str | None = None, task: Any = None, retval: Any = None, state: str | None = None, **_: Any
 ) -> None:
+    attempt = _attempts.pop(task_id, None)
+    if attempt is not None and attempt[2] is not None:
+        _attempts[task_id] = attempt[2]
     dispatcher = _dispatcher(task)
     if dispatcher is None or state is None:
         # No state: the attempt was cut short by a BaseException (the pool process is
@@ -176,10 +192,12 @@ def _on_postrun(
     event_type = _FINISHED_BY_STATE.get(state or "", EventType.FAILED)
     if not dispatcher.wants(event_type):
         return
-    request = task.request
-    started = getattr(request, "_celery_kit_started", None)
-    duration = time.monotonic() - started if started is not None else None
-    outcome: Classification | None = getattr(request, "_celery_kit_outcome", None)
+    if attempt is not None:
+        request, started, _ = attempt
+        duration: float | None = time.monotonic() - started
+    else:  # observed only since this attempt started
+        request, duration = task.request, None
+    outcome: Classification | None = request_value(request, "_celery_kit_outcome")
     exception = retval if isinstance(retval, BaseException) else None
     kind: FailureKind | None = None
     final = False

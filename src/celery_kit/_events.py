@@ -44,6 +44,7 @@ __all__ = [
     "TaskEvent",
     "classify",
     "dispatcher_for",
+    "request_value",
 ]
 
 logger = logging.getLogger("celery_kit")
@@ -116,12 +117,14 @@ class Classification:
     timeout: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, init=False)
 class TaskEvent:
     """A classified task lifecycle event.
 
     ``final`` is true exactly once per failed task: when no further attempt will follow
     (retries exhausted, deadline passed, or an error that is never retried).
+
+    Immutable, like any frozen dataclass (``dataclasses.replace`` makes a changed copy).
     """
 
     type: EventType
@@ -150,6 +153,44 @@ class TaskEvent:
     #: The task object, when there is one.
     task: Any = field(default=None, repr=False, compare=False)
 
+    def __init__(
+        self,
+        type: EventType,
+        task_name: str,
+        task_id: str | None,
+        kind: FailureKind | None = None,
+        final: bool = False,
+        exception: BaseException | None = None,
+        retries: int = 0,
+        reason: str = "",
+        delay: float | None = None,
+        queue: str | None = None,
+        duration: float | None = None,
+        queue_wait: float | None = None,
+        detail: str | None = None,
+        request: Any = None,
+        task: Any = None,
+    ) -> None:
+        # Two events per attempt: one dict update costs less than half of the generated
+        # frozen ``__init__``, which goes through ``object.__setattr__`` once per field.
+        self.__dict__.update(
+            type=type,
+            task_name=task_name,
+            task_id=task_id,
+            kind=kind,
+            final=final,
+            exception=exception,
+            retries=retries,
+            reason=reason,
+            delay=delay,
+            queue=queue,
+            duration=duration,
+            queue_wait=queue_wait,
+            detail=detail,
+            request=request,
+            task=task,
+        )
+
     @property
     def finished(self) -> bool:
         """Whether this event ends an attempt."""
@@ -157,6 +198,20 @@ class TaskEvent:
 
 
 Observer = Callable[[TaskEvent], None]
+
+
+def request_value(request: Any, name: str) -> Any:
+    """``getattr(request, name, None)`` for a message header or a mark the kit set.
+
+    Celery's request context keeps both in its instance dictionary. Most are absent
+    from most requests (no failure classified, no header on an eager call), and a
+    ``getattr`` that misses builds and discards an ``AttributeError`` -- on every
+    attempt, in every observer that asks.
+    """
+    try:
+        return request.__dict__.get(name)
+    except AttributeError:  # no instance dictionary: another kind of request object
+        return getattr(request, name, None)
 
 
 def classify(exc: BaseException) -> FailureKind:

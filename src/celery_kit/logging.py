@@ -32,7 +32,12 @@ from typing import IO, Any, TextIO, cast
 import structlog
 from celery import signals
 
-from ._events import EventType, FailureKind, TaskEvent
+try:
+    import orjson as _orjson
+except ImportError:  # not built for every interpreter (PyPy): the standard library's encoder
+    _orjson = None  # type: ignore[assignment]
+
+from ._events import EventType, FailureKind, TaskEvent, request_value
 from ._payload import PayloadSchema
 
 __all__ = [
@@ -47,6 +52,9 @@ __all__ = [
 CONTEXT_HEADER = "celery_kit_context"
 DEFAULT_PROPAGATED_KEYS = ("request_id", "correlation_id")
 _JSON_SCALARS = (str, int, float, bool, type(None))
+#: Keys that are not strings (``log.info("x", counts={1: 2})``) are written as strings, as
+#: the standard library's encoder writes them.
+_ORJSON_OPTIONS = _orjson.OPT_NON_STR_KEYS if _orjson is not None else 0
 _MAX_VALUE_LENGTH = 256
 
 _propagated_keys: frozenset[str] = frozenset(DEFAULT_PROPAGATED_KEYS)
@@ -69,13 +77,33 @@ _CONTEXT_PREFIX = structlog.contextvars.STRUCTLOG_KEY_PREFIX
 _CONTEXT_PREFIX_LEN = len(_CONTEXT_PREFIX)
 
 
-def _merge_contextvars(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+#: Each ContextVar seen in a context -> its structlog key, or ``""`` for a variable that
+#: is not structlog's. Variables live as long as the process (structlog keeps one per
+#: key, module-level ones are created once), so each name is parsed once.
+_context_keys: dict[contextvars.ContextVar[Any], str] = {}
+
+
+def _context_key(var: contextvars.ContextVar[Any]) -> str:
+    name = var.name
+    key = _context_keys[var] = name[_CONTEXT_PREFIX_LEN:] if name.startswith(_CONTEXT_PREFIX) else ""
+    return key
+
+
+def _merge_context(event_dict: MutableMapping[str, Any]) -> None:
     """``structlog.contextvars.merge_contextvars`` in one pass over the context."""
+    keys = _context_keys
     for var, value in contextvars.copy_context().items():
         if value is not Ellipsis:
-            name = var.name
-            if name.startswith(_CONTEXT_PREFIX):
-                event_dict.setdefault(name[_CONTEXT_PREFIX_LEN:], value)
+            key = keys.get(var)
+            if key is None:
+                key = _context_key(var)
+            if key:
+                event_dict.setdefault(key, value)
+
+
+def _merge_contextvars(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """``structlog.contextvars.merge_contextvars``, as a processor."""
+    _merge_context(event_dict)
     return event_dict
 
 
@@ -106,9 +134,15 @@ class _UTCTimestamp:
 
 
 class _JSONRenderer:
-    """Renders what ``structlog.processors.JSONRenderer()`` renders -- ``json.dumps`` with
-    structlog's fallback for other types -- with the encoder built once, not per line
-    (``json.dumps(..., default=...)`` builds a new one on every call)."""
+    """Renders one JSON object per line, with structlog's fallback (``repr``) for other types.
+
+    With orjson (installed with the kit on CPython) a line costs a fraction of the
+    standard library's encoder: every task attempt writes two. Anything orjson refuses
+    -- an int beyond 64 bits, a string with a lone surrogate -- is rendered by what
+    ``structlog.processors.JSONRenderer()`` uses, ``json.dumps`` with that fallback (its
+    encoder built once, not per line), so no line is ever lost to its content. orjson
+    writes UTF-8 rather than ``\\u`` escapes, and ``NaN`` as ``null`` (standard JSON).
+    """
 
     def __init__(self) -> None:
         captured: dict[str, Any] = {}
@@ -119,6 +153,7 @@ class _JSONRenderer:
 
         structlog.processors.JSONRenderer(serializer=capture)(None, "", {})
         default = captured.get("default")
+        self._default = default
         self._encode = JSONEncoder(default=default).encode
         self._iterencode: Callable[[Any, int], Any] | None = None
         make = getattr(json_encoder, "c_make_encoder", None)
@@ -135,6 +170,15 @@ class _JSONRenderer:
             pass
 
     def __call__(self, _: Any, __: str, event_dict: MutableMapping[str, Any]) -> str:
+        if _orjson is not None:
+            try:
+                return _orjson.dumps(event_dict, default=self._default, option=_ORJSON_OPTIONS).decode()
+            except TypeError:  # orjson.JSONEncodeError: content it cannot write
+                pass
+        return self.render_standard(event_dict)
+
+    def render_standard(self, event_dict: MutableMapping[str, Any]) -> str:
+        """The standard library's rendering (``structlog.processors.JSONRenderer()``'s)."""
         iterencode = self._iterencode
         if iterencode is None:
             return self._encode(event_dict)
@@ -181,11 +225,7 @@ class _LineLogger:
 
     def _emit(self, method: str, event: str, fields: dict[str, Any]) -> None:
         fields["event"] = event
-        for var, value in contextvars.copy_context().items():  # merge_contextvars
-            if value is not Ellipsis:
-                name = var.name
-                if name.startswith(_CONTEXT_PREFIX):
-                    fields.setdefault(name[_CONTEXT_PREFIX_LEN:], value)
+        _merge_context(fields)
         fields["level"] = method  # add_log_level: the methods here are the level names
         fields["logger"] = _TASKS_LOGGER
         logger = self._logger
@@ -378,7 +418,7 @@ class LoggingObserver:
     def _on_started(self, event: TaskEvent) -> None:
         request = event.request
         _clear_contextvars()
-        propagated = _safe_context(getattr(request, CONTEXT_HEADER, None))
+        propagated = _safe_context(request_value(request, CONTEXT_HEADER))
         if propagated:
             structlog.contextvars.bind_contextvars(**propagated)
         _bind_task_context(
@@ -460,7 +500,7 @@ class LoggingObserver:
         """The validated payload, JSON-dumped (secrets masked), for tasks that opt in."""
         if not getattr(event.task, "log_payload", False) or event.request is None:
             return None
-        payload = getattr(event.request, "_celery_kit_payload", None)
+        payload = request_value(event.request, "_celery_kit_payload")
         return None if payload is None else PayloadSchema.dump_result(payload)
 
 

@@ -15,7 +15,7 @@ from celery import signals
 from pydantic import SecretStr
 
 from .._errors import ConfigurationError
-from .._events import EventType, FailureKind, TaskEvent
+from .._events import EventType, FailureKind, TaskEvent, request_value
 from .._payload import PayloadSchema
 from ._delivery import AlertDelivery, ResultCallback
 from ._model import Alert, AlertKind, redact
@@ -169,7 +169,7 @@ class AlertObserver:
     def _payload(event: TaskEvent) -> Any:
         if not getattr(event.task, "alert_payload", False) or event.request is None:
             return None
-        payload = getattr(event.request, "_celery_kit_payload", None)
+        payload = request_value(event.request, "_celery_kit_payload")
         return None if payload is None else redact(PayloadSchema.dump_result(payload))
 
 
