@@ -2,22 +2,23 @@
 
 Every variant runs the same task body on the same 3-field email payload (and a heavier
 50-item payload): it counts its completion in Redis, so end-to-end runs are counted from
-the worker side, with results ignored.
+the worker side, with results ignored. Only the kit variants import ``celery_kit``: a
+plain Celery process has none of its signal receivers.
 """
 
 from __future__ import annotations
 
 import logging as std_logging
 import os
-from typing import Any
+from typing import IO, Any
 
 import redis
 from celery import Celery
 from pydantic import BaseModel
 
-from celery_kit import instrument, validated_task
-
 VARIANTS = ("plain", "pydantic", "kit", "kit_full")
+SMALL = {"to": "ada@example.com", "subject": "Hello", "body": "Hi Ada, your report is ready."}
+HEAVY = {"order_id": 7, "items": [{"sku": f"sku-{i}", "quantity": i, "price": 1.5 * i} for i in range(50)]}
 
 
 class Email(BaseModel):
@@ -75,6 +76,8 @@ def build(variant: str, broker_url: str, queue: str, counter_url: str | None, co
             done()
 
     else:
+        from celery_kit import instrument, validated_task
+
         if variant == "kit_full":
             instrument(app, json_logs=True, metrics_port=int(os.environ.get("BENCH_METRICS_PORT", "0")))
 
@@ -89,22 +92,30 @@ def build(variant: str, broker_url: str, queue: str, counter_url: str | None, co
     return app
 
 
-class ProcessLogging:
-    """The logging each variant's worker runs with, swapped in before each in-process round.
+def call(variant: str, heavy: bool) -> tuple[str, tuple[Any, ...], dict[str, Any]]:
+    """Task name, args and kwargs: each variant called the way its users call it."""
+    payload = HEAVY if heavy else SMALL
+    name = "bench.order" if heavy else "bench.send"
+    if variant == "plain":
+        return name, (), dict(payload)
+    return name, (dict(payload),), {}
 
-    In-process, all variants share one interpreter, but in production each runs in its
-    own worker: a plain Celery worker at ``-l INFO`` writes Celery's "Task ... succeeded"
-    line per task through the standard library's logging; a worker with
-    ``instrument(app)`` writes the kit's JSON lifecycle lines instead (``instrument``
-    turns Celery's per-task lines off). Measuring ``plain`` with the kit's settings
-    would compare logging against no logging. Every line goes to ``/dev/null``: the
-    terminal is not what is measured.
+
+class ProcessLogging:
+    """The logging a variant's worker runs with, set up in the variant's own process.
+
+    A plain Celery worker at ``-l INFO`` writes Celery's "Task ... succeeded" line per
+    task through the standard library's logging; a worker with ``instrument(app)``
+    writes the kit's JSON lifecycle lines instead (``instrument`` turns Celery's
+    per-task lines off). Measuring ``plain`` without its line would compare logging
+    against no logging. Every line goes to ``/dev/null``: the terminal is not what is
+    measured.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, sink: IO[str] | None = None) -> None:
         from celery.utils.log import ColorFormatter
 
-        self._sink = open(os.devnull, "w")  # noqa: SIM115 -- lives with the process
+        self._sink = sink or open(os.devnull, "w")  # noqa: SIM115 -- lives with the process
         handler = std_logging.StreamHandler(self._sink)
         # What `celery worker` installs on the root logger (without colour: not a terminal).
         handler.setFormatter(
@@ -114,10 +125,10 @@ class ProcessLogging:
 
     def use(self, variant: str, level: int = std_logging.INFO) -> None:
         """Set up the process's logging as ``variant``'s worker would have it, at ``level``."""
-        from celery_kit.logging import configure_logging
-
         root = std_logging.getLogger()
         if variant == "kit_full":
+            from celery_kit.logging import configure_logging
+
             root.handlers = []
             configure_logging(json=True, level=level, stream=self._sink)
             per_task_level = std_logging.WARNING  # what instrument() sets

@@ -13,7 +13,6 @@ hits all variants alike. Exits non-zero only on errors or lost tasks, never on s
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime as dt
 import json
 import logging
@@ -21,6 +20,7 @@ import os
 import platform
 import socket
 import statistics
+import subprocess
 import sys
 import time
 import uuid
@@ -35,30 +35,68 @@ import celery  # noqa: E402
 import pydantic  # noqa: E402
 import redis  # noqa: E402
 
-from benchmarks.bench_app import VARIANTS, ProcessLogging, build  # noqa: E402
+from benchmarks.bench_app import VARIANTS  # noqa: E402
 from celery_kit.testing import WorkerProcess  # noqa: E402
 
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/12")
 AMQP_URL = os.environ.get("BENCH_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//")
-SMALL = {"to": "ada@example.com", "subject": "Hello", "body": "Hi Ada, your report is ready."}
-HEAVY = {"order_id": 7, "items": [{"sku": f"sku-{i}", "quantity": i, "price": 1.5 * i} for i in range(50)]}
-
-
-#: Created by main(): every in-process round runs under its variant's own logging.
-PROCESS_LOGGING: ProcessLogging
 
 
 class LostTasks(RuntimeError):
     pass
 
 
-def call(variant: str, heavy: bool) -> tuple[str, tuple[Any, ...], dict[str, Any]]:
-    """Task name, args and kwargs: each variant called the way its users call it."""
-    payload = HEAVY if heavy else SMALL
-    name = "bench.order" if heavy else "bench.send"
-    if variant == "plain":
-        return name, (), dict(payload)
-    return name, (dict(payload),), {}
+class VariantProcesses:
+    """One interpreter per variant (``benchmarks/variant_process.py``), driven over pipes.
+
+    Each variant is measured in a process that imports, connects and logs only what its
+    own users' processes would, while the rounds stay interleaved.
+    """
+
+    def __init__(self, variants: tuple[str, ...] = VARIANTS) -> None:
+        env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join(filter(None, (str(ROOT), os.environ.get("PYTHONPATH")))),
+        }
+        self._processes = {
+            v: subprocess.Popen(
+                [sys.executable, "-m", "benchmarks.variant_process", v],
+                cwd=ROOT,
+                env=env,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            for v in variants
+        }
+
+    def ask(self, variant: str, op: str, **arguments: Any) -> Any:
+        process = self._processes[variant]
+        assert process.stdin is not None
+        assert process.stdout is not None
+        process.stdin.write(json.dumps({"op": op, **arguments}) + "\n")
+        process.stdin.flush()
+        line = process.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the {variant} process exited (code {process.wait()})")
+        answer = json.loads(line)
+        if "error" in answer:
+            raise RuntimeError(f"{variant} failed to {op}:\n{answer['error']}")
+        return answer["value"]
+
+    def close(self) -> None:
+        for process in self._processes.values():
+            if process.stdin is not None:
+                process.stdin.close()
+        for process in self._processes.values():
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+#: Started by main(); every in-process and producer measurement runs in them.
+PROCESSES: VariantProcesses
 
 
 def interleaved(
@@ -87,49 +125,34 @@ def interleaved(
 def bench_in_process(
     n: int, rounds: int, heavy: bool, direct: bool, log_level: int = logging.INFO
 ) -> dict[str, Any]:
-    apps = {v: build(v, "memory://", f"bench-{v}", None, "") for v in VARIANTS}
-    tasks = {v: apps[v].tasks[call(v, heavy)[0]] for v in VARIANTS}
+    level = logging.getLevelName(log_level)
 
     def measure(variant: str) -> float:
-        PROCESS_LOGGING.use(variant, log_level)
-        task = tasks[variant]
-        _, args, kwargs = call(variant, heavy)
-        started = time.perf_counter()
-        if direct:
-            for _ in range(n):
-                task(*args, **kwargs)
-        else:
-            for _ in range(n):
-                task.apply(args, kwargs)
-        return (time.perf_counter() - started) / n * 1e6  # µs per call
+        value: float = PROCESSES.ask(variant, "apply", n=n, heavy=heavy, direct=direct, level=level)
+        return value  # µs per call
 
-    measure("plain")  # warm up imports and caches
+    for variant in VARIANTS:  # warm up imports and caches
+        measure(variant)
     return interleaved(rounds, measure)
 
 
 def bench_producer(n: int, rounds: int) -> dict[str, Any]:
     run = uuid.uuid4().hex[:8]
-    apps = {v: build(v, REDIS_URL, f"bench-prod-{run}-{v}", None, "") for v in VARIANTS}
+    queues = {v: f"bench-prod-{run}-{v}" for v in VARIANTS}
 
     def measure(variant: str) -> float:
-        PROCESS_LOGGING.use(variant)
-        app = apps[variant]
-        name, args, kwargs = call(variant, False)
-        task = app.tasks[name]
-        started = time.perf_counter()
-        for _ in range(n):
-            task.apply_async(args, kwargs)
-        elapsed = time.perf_counter() - started
-        with app.connection_for_write() as conn:
-            conn.default_channel.queue_purge(app.conf.task_default_queue)
-        return n / elapsed  # messages per second
+        value: float = PROCESSES.ask(
+            variant, "publish", broker=REDIS_URL, queue=queues[variant], n=n, purge=True
+        )
+        return value  # messages per second
 
     try:
+        for variant in VARIANTS:
+            PROCESSES.ask(variant, "prepare", broker=REDIS_URL, queue=queues[variant])
         return interleaved(rounds, measure)
     finally:
-        for app in apps.values():
-            with app.connection_for_write() as conn:
-                conn.default_channel.queue_delete(app.conf.task_default_queue)
+        for variant in VARIANTS:
+            PROCESSES.ask(variant, "delete_queue", broker=REDIS_URL, queue=queues[variant])
 
 
 def _rss_kib(pid: int) -> int:
@@ -180,15 +203,12 @@ def bench_end_to_end(
             # The worker imports what this process imports: the caller's path first.
             "PYTHONPATH": os.pathsep.join(filter(None, (os.environ.get("PYTHONPATH"), str(ROOT)))),
         }
-        app = build(variant, broker_url, queue, None, "")
-        name, args, kwargs = call(variant, False)
-        task = app.tasks[name]
+        PROCESSES.ask(variant, "prepare", broker=broker_url, queue=queue)
         worker = WorkerProcess("benchmarks.bench_app", queues=[queue], concurrency=2, cwd=ROOT, env=env)
         worker.start(timeout=60)
         try:
             started = time.perf_counter()
-            for _ in range(n):
-                task.apply_async(args, kwargs)
+            PROCESSES.ask(variant, "publish", broker=broker_url, queue=queue, n=n, purge=False)
             deadline = time.monotonic() + max(60, n / 50)
             while int(counter.get(key) or 0) < n:
                 if time.monotonic() > deadline:
@@ -208,8 +228,7 @@ def bench_end_to_end(
         finally:
             worker.stop()
             counter.delete(key)
-            with app.connection_for_write() as conn, contextlib.suppress(*conn.channel_errors):
-                conn.default_channel.queue_delete(queue)
+            PROCESSES.ask(variant, "delete_queue", broker=broker_url, queue=queue)
         return n / elapsed  # tasks per second
 
     result = interleaved(rounds, measure, variants)
@@ -342,9 +361,8 @@ def main() -> int:
     parser.add_argument("--docs", type=Path, help="write the performance page here")
     options = parser.parse_args()
     quick = options.quick
-    global PROCESS_LOGGING
-    PROCESS_LOGGING = ProcessLogging()
-    PROCESS_LOGGING.use("kit_full")  # the producer and end-to-end runs: the kit's lines to /dev/null
+    global PROCESSES
+    PROCESSES = VariantProcesses()
     results: dict[str, Any] = {"machine": machine(), "quick": quick}
     # Many short rounds rather than a few long ones: each round's ratio compares
     # variants measured moments apart, and the median of many ignores noisy rounds.
@@ -373,6 +391,8 @@ def main() -> int:
     except LostTasks as exc:
         print(f"LOST TASKS: {exc}", file=sys.stderr)
         return 1
+    finally:
+        PROCESSES.close()
     results["targets"] = {name: check_targets(name, results[name]) for name in UNITS if name in results}
     text = table(results)
     print(text)

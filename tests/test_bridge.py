@@ -50,6 +50,50 @@ def test_an_attempt_is_started_then_finished_once(app: Celery, seen: list[TaskEv
     assert not seen[0].finished
 
 
+def test_each_nested_eager_attempt_measures_its_own_duration(app: Celery, seen: list[TaskEvent]) -> None:
+    """A task that runs itself eagerly, under its own id, nests one attempt in another:
+    each keeps its own request and duration, and none is left behind."""
+    from celery_kit import _bridge
+
+    calls: list[int] = []
+
+    @app.task(bind=True, shared=False, name="b.nested")  # type: ignore[untyped-decorator]
+    def nested(self: Any) -> int:
+        calls.append(1)
+        depth = len(calls)
+        time.sleep(0.02)
+        if depth < 3:
+            nested.apply(task_id=self.request.id)
+        return depth
+
+    nested.apply(task_id="id-nested")
+    assert [e.type for e in seen] == [EventType.STARTED] * 3 + [EventType.SUCCEEDED] * 3
+    finished = seen[3:]
+    durations = [e.duration for e in finished]
+    assert all(d is not None for d in durations)
+    # The innermost attempt ends first; each outer one contains the one inside it.
+    assert 0.02 <= durations[0] < durations[1] < durations[2]  # type: ignore[operator]
+    assert durations[2] >= 0.06  # type: ignore[operator]
+    starts, ends = [e.request for e in seen[:3]], [e.request for e in finished]
+    assert ends == starts[::-1]
+    assert len({id(r) for r in starts}) == 3
+    assert "id-nested" not in _bridge._attempts
+
+
+def test_an_attempt_observed_from_the_middle_has_no_duration(app: Celery, seen: list[TaskEvent]) -> None:
+    """Subscribed while an attempt ran (no start recorded): its end is still reported."""
+    from celery_kit import _bridge
+
+    @app.task(shared=False, name="b.middle")  # type: ignore[untyped-decorator]
+    def middle() -> None:
+        _bridge._attempts.pop("id-middle", None)
+
+    middle.apply(task_id="id-middle")
+    assert [(e.type, e.duration) for e in seen] == [(EventType.STARTED, None), (EventType.SUCCEEDED, None)]
+    assert seen[1].request is not None
+    assert seen[1].request.id == "id-middle"
+
+
 def test_plain_celery_tasks_are_bridged_too(app: Celery, seen: list[TaskEvent]) -> None:
     calls: list[int] = []
 

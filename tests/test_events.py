@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from celery import Celery
 
 from celery_kit import Dispatcher, EventType, TaskEvent, dispatcher_for, validated_task
@@ -50,3 +51,42 @@ def test_events_nobody_reads_are_not_built(app: Celery) -> None:
     ok.apply()
     fails.apply()
     assert failures.seen == [EventType.FAILED]
+
+
+def test_task_events_are_frozen_dataclasses() -> None:
+    import dataclasses
+
+    event = TaskEvent(EventType.STARTED, "t", "id", queue="q", request=object())
+    assert dataclasses.is_dataclass(event)
+    defaults = (event.kind, event.final, event.retries, event.reason, event.duration)
+    assert defaults == (None, False, 0, "", None)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        event.retries = 3  # type: ignore[misc]
+    later = dataclasses.replace(event, retries=2)
+    assert (later.retries, later.queue, later.request) == (2, "q", event.request)
+    assert event.retries == 0
+    # request and task are context, not identity: they take no part in equality.
+    assert event == TaskEvent(EventType.STARTED, "t", "id", queue="q", request=object())
+    assert event != later
+    assert dataclasses.asdict(TaskEvent(EventType.FAILED, "t", None))["type"] is EventType.FAILED
+    assert "request" not in repr(event)
+
+
+def test_request_values_never_raise() -> None:
+    from celery.app.task import Context
+
+    from celery_kit._events import request_value
+
+    request = Context(id="x", celery_kit_context={"request_id": "r"})
+    assert request_value(request, "celery_kit_context") == {"request_id": "r"}
+    assert request_value(request, "celery_kit_published_at") is None
+
+    class Slotted:
+        __slots__ = ("header",)
+
+        def __init__(self) -> None:
+            self.header = 1
+
+    assert request_value(Slotted(), "header") == 1
+    assert request_value(Slotted(), "missing") is None
+    assert request_value(None, "anything") is None

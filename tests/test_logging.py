@@ -225,6 +225,35 @@ def test_lifecycle_lines_render_what_the_structlog_chain_renders() -> None:
     assert got[2]["exception"][0]["exc_type"] == "ValueError"
 
 
+def test_json_lines_are_written_whatever_the_content() -> None:
+    """orjson renders the common case; what it refuses falls back to the standard
+    library's encoder, so no line is ever lost to its content."""
+    import platform
+
+    from celery_kit import logging as kit_logging
+
+    class Custom:
+        def __repr__(self) -> str:
+            return "<custom>"
+
+    render = kit_logging._JSONRenderer()
+    cases: list[tuple[dict[str, Any], str, Any]] = [
+        ({"event": "x", "text": 'é\n"q"'}, "text", 'é\n"q"'),
+        ({"event": "x", "big": 2**70}, "big", 2**70),  # beyond orjson's 64 bits
+        ({"event": "x", "s": "\ud800"}, "s", "\ud800"),  # a lone surrogate: not UTF-8
+        ({"event": "x", "counts": {1: 2}}, "counts", {"1": 2}),  # keys become strings
+        ({"event": "x", "o": Custom()}, "o", "<custom>"),  # structlog's fallback: repr
+    ]
+    for event_dict, key, expected in cases:
+        line = render(None, "info", event_dict)
+        assert "\n" not in line
+        assert json.loads(line)[key] == expected
+    if platform.python_implementation() == "CPython":
+        assert kit_logging._orjson is not None, "orjson is a dependency on CPython"
+        assert json.loads(render(None, "info", {"v": float("nan")})) == {"v": None}  # standard JSON
+    assert render.render_standard({"v": float("nan")}) == '{"v": NaN}'
+
+
 def test_task_context_binding_matches_structlogs_bind_and_clear() -> None:
     from celery_kit.logging import _bind_task_context, _clear_contextvars
 

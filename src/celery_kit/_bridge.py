@@ -1,9 +1,11 @@
 """Celery signals in, classified :class:`~celery_kit.TaskEvent` objects out.
 
-The receivers are connected once, at import, and cost a couple of attribute lookups
-for apps nobody observes. Each turns one Celery signal into at most one event on the
-task's app dispatcher, enriched with what a kit task decided about a failure (kept on
-the request as a :class:`~celery_kit._events.Classification`).
+The receivers are connected once: at import, except the two that run for every
+attempt, which wait for the first observer (:func:`connect_task_receivers`); for apps
+nobody observes they cost a couple of attribute lookups. Each turns one Celery signal
+into at most one event on the task's app dispatcher, enriched with what a kit task
+decided about a failure (kept on the request as a
+:class:`~celery_kit._events.Classification`).
 
 Where each event comes from:
 
@@ -52,7 +54,13 @@ from ._events import (
     request_value,
 )
 
-__all__ = ["PUBLISHED_AT_HEADER", "MessageGuard", "envelope_problem", "report_rejected_message"]
+__all__ = [
+    "PUBLISHED_AT_HEADER",
+    "MessageGuard",
+    "connect_task_receivers",
+    "envelope_problem",
+    "report_rejected_message",
+]
 
 #: Message header with the wall-clock publish time, for the queue-wait measurement.
 PUBLISHED_AT_HEADER = "celery_kit_published_at"
@@ -509,10 +517,20 @@ def _add_message_guard(sender: Any = None, **_: Any) -> None:
 
 
 signals.before_task_publish.connect(_on_before_publish, weak=False, dispatch_uid="celery_kit.before_publish")
-signals.task_prerun.connect(_on_prerun, weak=False, dispatch_uid="celery_kit.prerun")
-signals.task_postrun.connect(_on_postrun, weak=False, dispatch_uid="celery_kit.postrun")
 signals.task_failure.connect(_on_failure, weak=False, dispatch_uid="celery_kit.failure")
 signals.task_revoked.connect(_on_revoked, weak=False, dispatch_uid="celery_kit.revoked")
 signals.task_rejected.connect(_on_task_rejected, weak=False, dispatch_uid="celery_kit.task_rejected")
 signals.task_unknown.connect(_on_task_unknown, weak=False, dispatch_uid="celery_kit.task_unknown")
 signals.worker_init.connect(_add_message_guard, weak=False, dispatch_uid="celery_kit.message_guard")
+
+
+def connect_task_receivers() -> None:
+    """Connect the per-attempt receivers (idempotent); done when an observer subscribes.
+
+    Celery sends ``task_prerun`` and ``task_postrun`` -- a lock, a scan of the receivers
+    and a keyword dictionary per receiver, twice per attempt -- only while some receiver
+    is connected, and checks on every attempt, so connecting late takes effect at once.
+    A process that only validates, or observes nothing, pays none of it.
+    """
+    signals.task_prerun.connect(_on_prerun, weak=False, dispatch_uid="celery_kit.prerun")
+    signals.task_postrun.connect(_on_postrun, weak=False, dispatch_uid="celery_kit.postrun")

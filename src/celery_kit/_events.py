@@ -262,6 +262,9 @@ class Dispatcher:
 
     def subscribe(self, observer: Observer) -> Observer:
         """Add ``observer`` (idempotent); returns it, so it works as a decorator."""
+        from ._bridge import connect_task_receivers  # the bridge imports this module
+
+        connect_task_receivers()
         with self._lock:
             if observer not in self._observers:
                 self._set_observers((*self._observers, observer))

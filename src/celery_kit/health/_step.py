@@ -248,6 +248,8 @@ class Heartbeat(bootsteps.StartStopStep):  # type: ignore[misc]
         self.heart.write()
         global _solo_heart
         _solo_heart = self.heart if pool == "solo" else None
+        if _solo_heart is not None:
+            _connect_solo_receivers()
 
     def start(self, c: Any) -> None:
         """After the task consumer started, on every (re)connect."""
@@ -305,5 +307,12 @@ def _on_task_postrun(**_: Any) -> None:
         heart.task_finished()
 
 
-signals.task_prerun.connect(_on_task_prerun, weak=False, dispatch_uid="celery_kit.health.prerun")
-signals.task_postrun.connect(_on_task_postrun, weak=False, dispatch_uid="celery_kit.health.postrun")
+def _connect_solo_receivers() -> None:
+    """Follow tasks through Celery's signals, only in a solo worker (idempotent).
+
+    Elsewhere the pool reports its own processes' work. Connected only here because a
+    connected receiver makes Celery send both signals, with their arguments, for every
+    task of every app in the process.
+    """
+    signals.task_prerun.connect(_on_task_prerun, weak=False, dispatch_uid="celery_kit.health.prerun")
+    signals.task_postrun.connect(_on_task_postrun, weak=False, dispatch_uid="celery_kit.health.postrun")

@@ -1,0 +1,107 @@
+"""One variant in its own interpreter, measured on command from ``run.py``.
+
+In production each variant runs in its own process, with only its own imports, signal
+receivers and logging: a plain Celery process has none of the kit's receivers, and
+Celery skips sending a signal nobody receives. Measuring every variant in one shared
+interpreter would charge the kit's costs to plain Celery too. The harness still
+interleaves the variants round by round; a process waits on its pipe meanwhile.
+
+Protocol: one JSON command per line on stdin, one JSON answer per line on stdout
+(``{"value": ...}`` or ``{"error": ...}``).
+
+    python -m benchmarks.variant_process kit_full
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import sys
+import time
+import traceback
+from typing import Any, TextIO
+
+from celery import Celery
+
+from benchmarks.bench_app import ProcessLogging, build, call
+
+
+class VariantProcess:
+    def __init__(self, variant: str) -> None:
+        self.variant = variant
+        self.logging = ProcessLogging()
+        self.logging.use(variant)
+        self._apps: dict[tuple[str, str], Celery] = {}
+
+    def app(self, broker: str, queue: str) -> Celery:
+        key = (broker, queue)
+        if key not in self._apps:
+            self._apps[key] = build(self.variant, broker, queue, None, "")
+        return self._apps[key]
+
+    def apply(self, n: int, heavy: bool, direct: bool, level: str) -> float:
+        """µs per ``task.apply()`` (or direct ``task(...)``) call, logging at ``level``."""
+        self.logging.use(self.variant, logging.getLevelName(level))
+        name, args, kwargs = call(self.variant, heavy)
+        task = self.app("memory://", f"bench-{self.variant}").tasks[name]
+        started = time.perf_counter()
+        if direct:
+            for _ in range(n):
+                task(*args, **kwargs)
+        else:
+            for _ in range(n):
+                task.apply(args, kwargs)
+        return (time.perf_counter() - started) / n * 1e6
+
+    def publish(self, broker: str, queue: str, n: int, purge: bool) -> float:
+        """Messages per second published with ``delay``-style ``apply_async``; the
+        queue is purged afterwards unless a worker is to consume them."""
+        self.logging.use(self.variant)
+        app = self.app(broker, queue)
+        name, args, kwargs = call(self.variant, False)
+        task = app.tasks[name]
+        started = time.perf_counter()
+        for _ in range(n):
+            task.apply_async(args, kwargs)
+        elapsed = time.perf_counter() - started
+        if purge:
+            with app.connection_for_write() as conn:
+                conn.default_channel.queue_purge(queue)
+        return n / elapsed
+
+    def prepare(self, broker: str, queue: str) -> None:
+        """Build the app and open its producer connection before anything is timed."""
+        app = self.app(broker, queue)
+        with app.producer_or_acquire() as producer:
+            producer.connection.ensure_connection()
+
+    def delete_queue(self, broker: str, queue: str) -> None:
+        app = self.app(broker, queue)
+        with app.connection_for_write() as conn, contextlib.suppress(*conn.channel_errors):
+            conn.default_channel.queue_delete(queue)
+
+
+def serve(variant: str, commands: TextIO, answers: TextIO) -> None:
+    process = VariantProcess(variant)
+    for line in commands:
+        command: dict[str, Any] = json.loads(line)
+        op = command.pop("op")
+        try:
+            value = getattr(process, op)(**command)
+            answer: dict[str, Any] = {"value": value}
+        except Exception:
+            answer = {"error": traceback.format_exc()}
+        answers.write(json.dumps(answer) + "\n")
+        answers.flush()
+
+
+def main() -> None:
+    answers = os.fdopen(os.dup(sys.stdout.fileno()), "w")
+    sys.stdout = sys.stderr  # anything else printed must not corrupt the answers
+    serve(sys.argv[1], sys.stdin, answers)
+
+
+if __name__ == "__main__":
+    main()
