@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint typecheck pytest docs bench bench-quick soak clean
+.PHONY: demo test lint typecheck pytest docs bench bench-instructions bench-quick soak clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,11 @@ docs: $(VENV)/.installed-dev
 ## Side-by-side benchmarks (needs Redis and RabbitMQ); writes results/latest.json and docs/performance.md.
 bench: $(VENV)/.installed-dev
 	$(PY) benchmarks/run.py --output benchmarks/results/latest.json --docs docs/performance.md
+
+## Machine instructions per call under valgrind: the noise-free breakdown the performance
+## page shows (run it before `make bench`, which writes the page).
+bench-instructions: $(VENV)/.installed-dev
+	$(PY) benchmarks/instructions.py --output benchmarks/results/instructions.json
 
 ## A small run that keeps the harness from rotting (CI); writes nothing into the repository.
 bench-quick: $(VENV)/.installed-dev

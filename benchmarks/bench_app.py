@@ -17,6 +17,8 @@ from celery import Celery
 from pydantic import BaseModel
 
 VARIANTS = ("plain", "pydantic", "kit", "kit_full")
+#: ``kit+<part>``: ``kit`` with one part of ``instrument()`` on (benchmarks/instructions.py).
+INSTRUMENT_PARTS = ("logging", "metrics", "alerts", "health")
 SMALL = {"to": "ada@example.com", "subject": "Hello", "body": "Hi Ada, your report is ready."}
 HEAVY = {"order_id": 7, "items": [{"sku": f"sku-{i}", "quantity": i, "price": 1.5 * i} for i in range(50)]}
 
@@ -78,8 +80,19 @@ def build(variant: str, broker_url: str, queue: str, counter_url: str | None, co
     else:
         from celery_kit import instrument, validated_task
 
+        port = int(os.environ.get("BENCH_METRICS_PORT", "0"))
         if variant == "kit_full":
-            instrument(app, json_logs=True, metrics_port=int(os.environ.get("BENCH_METRICS_PORT", "0")))
+            instrument(app, json_logs=True, metrics_port=port)
+        elif variant.startswith("kit+"):  # one part of instrument() on, for the breakdown
+            part = variant.removeprefix("kit+")
+            if part not in INSTRUMENT_PARTS:
+                raise ValueError(f"unknown part {part!r}; choose from {', '.join(INSTRUMENT_PARTS)}")
+            parts: dict[str, Any] = {"logging": False, "metrics": False, "alerts": None, "health": False}
+            if part == "alerts":
+                del parts["alerts"]  # the default: alert events logged
+            else:
+                parts[part] = True
+            instrument(app, json_logs=True, metrics_port=port, **parts)
 
         @validated_task(app, name="bench.send", shared=False)
         def send(payload: Email) -> None:
@@ -126,7 +139,7 @@ class ProcessLogging:
     def use(self, variant: str, level: int = std_logging.INFO) -> None:
         """Set up the process's logging as ``variant``'s worker would have it, at ``level``."""
         root = std_logging.getLogger()
-        if variant == "kit_full":
+        if variant in ("kit_full", "kit+logging"):
             from celery_kit.logging import configure_logging
 
             root.handlers = []

@@ -9,11 +9,13 @@ interleaves the variants round by round; a process waits on its pipe meanwhile.
 Protocol: one JSON command per line on stdin, one JSON answer per line on stdout
 (``{"value": ...}`` or ``{"error": ...}``).
 
-    python -m benchmarks.variant_process kit_full
+    python -m benchmarks.variant_process kit_full                  # serve run.py
+    python -m benchmarks.variant_process kit_full --run apply --calls 1000
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import logging
@@ -98,9 +100,33 @@ def serve(variant: str, commands: TextIO, answers: TextIO) -> None:
 
 
 def main() -> None:
-    answers = os.fdopen(os.dup(sys.stdout.fileno()), "w")
-    sys.stdout = sys.stderr  # anything else printed must not corrupt the answers
-    serve(sys.argv[1], sys.stdin, answers)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("variant")
+    parser.add_argument("--run", choices=("apply", "publish"), help="run once and exit (no command loop)")
+    parser.add_argument("--calls", type=int, default=1000)
+    parser.add_argument("--level", default="INFO")
+    options = parser.parse_args()
+    if options.run is None:
+        answers = os.fdopen(os.dup(sys.stdout.fileno()), "w")
+        sys.stdout = sys.stderr  # anything else printed must not corrupt the answers
+        serve(options.variant, sys.stdin, answers)
+        return
+    # One warm-up pass, then the counted calls: run twice, with --calls N and 0, the
+    # difference is what N calls cost (benchmarks/instructions.py).
+    process = VariantProcess(options.variant)
+    for calls in (WARM_UP, options.calls):
+        if calls == 0:
+            continue
+        if options.run == "apply":
+            process.apply(calls, heavy=False, direct=False, level=options.level)
+        else:
+            process.publish("memory://", f"bench-{options.variant}", calls, purge=True)
+
+
+#: Calls made before the counted ones: imports, caches and first-call paths warmed up.
+WARM_UP = 200
 
 
 if __name__ == "__main__":

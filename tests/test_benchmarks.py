@@ -5,11 +5,17 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
+import shutil
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from benchmarks.bench_app import ProcessLogging, build
 
+ROOT = Path(__file__).resolve().parents[1]
 SMALL = {"to": "ada@example.com", "subject": "Hello", "body": "Hi Ada."}
 PER_TASK_LOGGERS = ("celery.app.trace", "celery.worker.strategy")
 
@@ -52,3 +58,72 @@ def test_each_variant_runs_under_the_logging_its_worker_has() -> None:
         environments.use(variant, logging.WARNING)
         task.apply(*args)
         assert sink.getvalue() == "", f"{variant} logged per task at WARNING"
+
+
+def _run_variant(*arguments: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "benchmarks.variant_process", *arguments],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize("variant", ["plain", "kit_full", "kit+metrics"])
+def test_a_variant_process_runs_once_on_request(variant: str) -> None:
+    for run in ("apply", "publish"):
+        done = _run_variant(variant, "--run", run, "--calls", "5")
+        assert done.returncode == 0, done.stderr
+
+
+def test_an_unknown_instrument_part_is_refused() -> None:
+    done = _run_variant("kit+tracing", "--run", "apply", "--calls", "1")
+    assert done.returncode != 0
+    assert "unknown part 'tracing'" in done.stderr
+
+
+def test_the_variant_process_answers_commands_over_its_pipe() -> None:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "benchmarks.variant_process", "kit"],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdin is not None
+    assert process.stdout is not None
+    try:
+        commands = [
+            {"op": "apply", "n": 3, "heavy": False, "direct": False, "level": "INFO"},
+            {"op": "apply", "n": 3, "heavy": True, "direct": True, "level": "WARNING"},
+            {"op": "no_such_op"},
+        ]
+        answers = []
+        for command in commands:
+            process.stdin.write(json.dumps(command) + "\n")
+            process.stdin.flush()
+            answers.append(json.loads(process.stdout.readline()))
+        assert answers[0]["value"] > 0
+        assert answers[1]["value"] > 0
+        assert "no_such_op" in answers[2]["error"]  # an error is answered, not fatal
+    finally:
+        process.stdin.close()
+        assert process.wait(timeout=30) == 0
+
+
+@pytest.mark.skipif(shutil.which("valgrind") is None, reason="valgrind counts the instructions")
+def test_instruction_counts_are_per_call_and_deterministic() -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from benchmarks.instructions import per_call
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        first = per_call("plain", "apply", "WARNING", 20, pool)
+        second = per_call("plain", "apply", "WARNING", 40, pool)
+    # Celery's apply() runs some hundred thousand instructions, the same every call.
+    assert 100_000 < first < 5_000_000
+    assert abs(first - second) / first < 0.05

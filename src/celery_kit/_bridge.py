@@ -74,6 +74,12 @@ _FINISHED_BY_STATE = {
 }
 
 
+#: Enum members read on every attempt: a module global is cheaper than ``EventType.X``,
+#: which goes through the enum class's attribute lookup each time.
+_PUBLISHED, _STARTED = EventType.PUBLISHED, EventType.STARTED
+_FAILED, _RETRYING = EventType.FAILED, EventType.RETRYING
+
+
 def _dispatcher_of_app(app: Any) -> Dispatcher | None:
     dispatcher: Dispatcher | None = getattr(app, "_celery_kit_dispatcher", None)
     return dispatcher if dispatcher is not None and dispatcher.observers else None
@@ -146,9 +152,9 @@ def _on_before_publish(
         return
     headers[PUBLISHED_AT_HEADER] = time.time()
     dispatcher = _publishing_dispatcher()
-    if dispatcher is not None and dispatcher.wants(EventType.PUBLISHED):
+    if dispatcher is not None and dispatcher.wants(_PUBLISHED):
         name = headers.get("task") or sender or "unknown"
-        dispatcher.emit(TaskEvent(EventType.PUBLISHED, name, headers.get("id"), queue=routing_key or None))
+        dispatcher.emit(TaskEvent(_PUBLISHED, name, headers.get("id"), queue=routing_key or None))
 
 
 #: The attempts running in this process: task id -> (request, monotonic start, the
@@ -169,11 +175,11 @@ def _on_prerun(task_id: str | None = None, task: Any = None, **_: Any) -> None:
     if len(_attempts) >= _MAX_ATTEMPTS:
         _attempts.clear()
     _attempts[task_id] = (request, time.monotonic(), _attempts.get(task_id))
-    if not dispatcher.wants(EventType.STARTED):
+    if not dispatcher.wants(_STARTED):
         return
     dispatcher.emit(
         TaskEvent(
-            EventType.STARTED,
+            _STARTED,
             task.name,
             task_id,
             retries=request.retries or 0,
@@ -197,7 +203,7 @@ def _on_postrun(
         # being terminated at the hard time limit, or revoked with terminate=True); the
         # worker's main process reports it.
         return
-    event_type = _FINISHED_BY_STATE.get(state or "", EventType.FAILED)
+    event_type = _FINISHED_BY_STATE.get(state or "", _FAILED)
     if not dispatcher.wants(event_type):
         return
     if attempt is not None:
@@ -212,7 +218,7 @@ def _on_postrun(
     reason = ""
     delay = None
     detail = None
-    if event_type is EventType.RETRYING:
+    if event_type is _RETRYING:
         if isinstance(retval, Retry):
             exception = retval.exc if isinstance(retval.exc, BaseException) else retval
             if isinstance(retval.when, (int, float)):
@@ -220,7 +226,7 @@ def _on_postrun(
         kind, reason = FailureKind.TRANSIENT, "retry requested"
         if outcome is not None:
             kind, reason, delay, detail = outcome.kind, outcome.reason, outcome.delay, outcome.timeout
-    elif event_type is EventType.FAILED:
+    elif event_type is _FAILED:
         final = True
         if outcome is not None:
             kind, reason, detail = outcome.kind, outcome.reason, outcome.timeout

@@ -30,7 +30,7 @@ import struct
 import tempfile
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -190,6 +190,14 @@ class MetricsObserver:
         # both bounded, since task names and routing keys come from messages.
         self._children: dict[tuple[Any, tuple[str, ...]], Any] = {}
         self._queues: dict[str, str] = {}
+        self._handlers: dict[EventType, Callable[[TaskEvent], None]] = {
+            EventType.PUBLISHED: self._on_published,
+            EventType.REFUSED: self._on_refused,
+            EventType.STARTED: self._on_started,
+            EventType.SUCCEEDED: self._on_succeeded,
+            EventType.MESSAGE_REJECTED: self._on_message_rejected,
+            **{kind: self._on_finished for kind in _OUTCOMES if kind is not EventType.SUCCEEDED},
+        }
 
     def _exception_label(self, exc: BaseException | None) -> str:
         name = type(exc).__name__ if exc is not None else "none"
@@ -228,57 +236,85 @@ class MetricsObserver:
         if series is None:
             m = self.metrics
             queue = self._queue_label(raw_queue)
+            finished = {kind: m.finished.labels(task, queue, outcome) for kind, outcome in _OUTCOMES.items()}
             series = _Series(
                 started=m.started.labels(task, queue),
                 in_progress=m.in_progress.labels(task, queue),
                 queue_wait=m.queue_wait.labels(task, queue),
                 duration=m.duration.labels(task, queue),
                 last_success=m.last_success.labels(task, queue),
-                finished={
-                    kind: m.finished.labels(task, queue, outcome) for kind, outcome in _OUTCOMES.items()
-                },
+                finished=finished,
+                succeeded=finished[EventType.SUCCEEDED],
             )
             if len(self._cache) < _MAX_CACHED:
                 self._cache[key] = series
         return series
 
     def __call__(self, event: TaskEvent) -> None:
+        handler = self._handlers.get(event.type)
+        if handler is not None:
+            handler(event)
+
+    # One handler per event type, resolved once (``_handlers``): comparing the type with
+    # enum members one by one costs a class-attribute lookup each, on every event.
+
+    def _on_published(self, event: TaskEvent) -> None:
+        self._child(self.metrics.published, event.task_name, self._queue_label(event.queue)).inc()
+
+    def _on_refused(self, event: TaskEvent) -> None:
+        queue = self._queue_label(event.queue)
+        self._child(self.metrics.validation_errors, event.task_name, queue, "caller").inc()
+
+    def _on_started(self, event: TaskEvent) -> None:
+        series = self._series(event.task_name, event.queue)
+        series.started.inc()
+        series.in_progress.inc()
+        if event.queue_wait is not None:
+            series.queue_wait.observe(event.queue_wait)
+
+    def _on_succeeded(self, event: TaskEvent) -> None:
+        """The usual end of an attempt, always in the pool process that counted its start."""
+        series = self._series(event.task_name, event.queue)
+        series.succeeded.inc()
+        if event.duration is not None:
+            series.duration.observe(event.duration)
+        series.in_progress.dec()
+        series.last_success.set(time.time())
+
+    def _on_finished(self, event: TaskEvent) -> None:
+        """Every other end of an attempt: retried, failed, rejected, ignored, revoked."""
         m = self.metrics
         task = event.task_name
         kind = event.type
-        if kind is EventType.PUBLISHED:
-            self._child(m.published, task, self._queue_label(event.queue)).inc()
-        elif kind is EventType.REFUSED:
-            self._child(m.validation_errors, task, self._queue_label(event.queue), "caller").inc()
-        elif kind is EventType.STARTED:
-            series = self._series(task, event.queue)
-            series.started.inc()
-            series.in_progress.inc()
-            if event.queue_wait is not None:
-                series.queue_wait.observe(event.queue_wait)
-        elif kind is EventType.MESSAGE_REJECTED:
-            reason = event.reason if event.reason in _REJECT_REASONS else RejectReason.INVALID_MESSAGE.value
-            m.messages_rejected.labels(reason).inc()
-        elif kind in _OUTCOMES:
-            series = self._series(task, event.queue)
-            series.finished[kind].inc()
-            if event.duration is not None:
-                series.duration.observe(event.duration)
-            from_pool_process = kind is not EventType.REVOKED and not (
-                event.detail == "hard" or event.kind is FailureKind.WORKER_LOST
-            )
-            if from_pool_process:  # the process that counted the start counts the end
-                series.in_progress.dec()
-            if kind is EventType.SUCCEEDED:
-                series.last_success.set(time.time())
-            elif kind in (EventType.FAILED, EventType.RETRYING):
-                queue = self._queue_label(event.queue)
-                final = "true" if event.final else "false"
-                self._child(m.failures, task, queue, self._exception_label(event.exception), final).inc()
-                if event.kind is FailureKind.INVALID_PAYLOAD:
-                    self._child(m.validation_errors, task, queue, "worker").inc()
-                elif event.kind is FailureKind.TIMEOUT:
-                    self._child(m.timeouts, task, queue, event.detail or "soft").inc()
+        series = self._series(task, event.queue)
+        series.finished[kind].inc()
+        if event.duration is not None:
+            series.duration.observe(event.duration)
+        from_pool_process = kind is not _REVOKED and not (
+            event.detail == "hard" or event.kind is _WORKER_LOST
+        )
+        if from_pool_process:  # the process that counted the start counts the end
+            series.in_progress.dec()
+        if kind is _FAILED or kind is _RETRYING:
+            queue = self._queue_label(event.queue)
+            final = "true" if event.final else "false"
+            self._child(m.failures, task, queue, self._exception_label(event.exception), final).inc()
+            if event.kind is _INVALID_PAYLOAD:
+                self._child(m.validation_errors, task, queue, "worker").inc()
+            elif event.kind is _TIMEOUT:
+                self._child(m.timeouts, task, queue, event.detail or "soft").inc()
+
+    def _on_message_rejected(self, event: TaskEvent) -> None:
+        reason = event.reason if event.reason in _REJECT_REASONS else RejectReason.INVALID_MESSAGE.value
+        self.metrics.messages_rejected.labels(reason).inc()
+
+
+_REVOKED, _FAILED, _RETRYING = EventType.REVOKED, EventType.FAILED, EventType.RETRYING
+_WORKER_LOST, _INVALID_PAYLOAD, _TIMEOUT = (
+    FailureKind.WORKER_LOST,
+    FailureKind.INVALID_PAYLOAD,
+    FailureKind.TIMEOUT,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -289,6 +325,7 @@ class _Series:
     duration: Any
     last_success: Any
     finished: dict[EventType, Any]
+    succeeded: Any
 
 
 # -- prefork: multiprocess mode -------------------------------------------------------------
