@@ -94,6 +94,40 @@ def test_task_context_is_bound_during_the_attempt_and_cleared_after(app: Celery,
     ]
 
 
+def test_an_eager_task_gives_its_caller_its_context_back(app: Celery, stream: io.StringIO) -> None:
+    """apply() runs inside the caller (a web request, a test): the caller's bound context
+    survives the task, and the task sees only the propagated keys, as a worker would."""
+    dispatcher_for(app).subscribe(LoggingObserver())
+    seen: list[dict[str, Any]] = []
+
+    @validated_task(app, shared=False, name="l.eager")
+    def eager(depth: int) -> None:
+        seen.append(structlog.contextvars.get_contextvars())
+        structlog.contextvars.bind_contextvars(inside="leaks?")
+        if depth:
+            eager.apply((depth - 1,), task_id="inner")
+            seen.append(structlog.contextvars.get_contextvars())
+
+    structlog.contextvars.bind_contextvars(request_id="r-1", user="ada")
+    try:
+        eager.apply((1,), task_id="outer")
+        assert structlog.contextvars.get_contextvars() == {"request_id": "r-1", "user": "ada"}
+    finally:
+        structlog.contextvars.clear_contextvars()
+    outer, inner, outer_after_inner = seen
+    assert (outer["task_id"], outer["request_id"]) == ("outer", "r-1")
+    assert "user" not in outer  # not an allowlisted key: a worker would not see it either
+    assert (inner["task_id"], inner["parent_id"]) == ("inner", "outer")
+    assert "inside" not in inner
+    assert outer_after_inner["task_id"] == "outer"
+    assert outer_after_inner["inside"] == "leaks?"  # the outer attempt's own binding is back
+    started = [line for line in lines(stream) if line["event"] == "task started"]
+    assert [(line["task_id"], line.get("request_id")) for line in started] == [
+        ("outer", "r-1"),
+        ("inner", "r-1"),
+    ]
+
+
 def test_celerys_own_lines_carry_the_task_context(app: Celery, stream: io.StringIO) -> None:
     dispatcher_for(app).subscribe(LoggingObserver())
     trace = logging.getLogger("celery.app.trace")

@@ -107,6 +107,15 @@ def _merge_contextvars(_: Any, __: str, event_dict: MutableMapping[str, Any]) ->
     return event_dict
 
 
+def _set_context_vars() -> list[tuple[contextvars.ContextVar[Any], Any]]:
+    """structlog's ContextVars that hold a value now, with it."""
+    return [
+        (var, value)
+        for var, value in contextvars.copy_context().items()
+        if value is not Ellipsis and var.name.startswith(_CONTEXT_PREFIX)
+    ]
+
+
 def _clear_contextvars() -> None:
     """``structlog.contextvars.clear_contextvars``, touching only the keys that are set."""
     for var, value in contextvars.copy_context().items():
@@ -417,8 +426,15 @@ class LoggingObserver:
 
     def _on_started(self, event: TaskEvent) -> None:
         request = event.request
+        if getattr(request, "is_eager", False):
+            # apply() and task_always_eager run the task inside its caller -- a web
+            # request, a test -- whose context is put back when the attempt ends. Inside,
+            # the task sees the caller's propagated keys, as a worker would.
+            request._celery_kit_caller_context = _set_context_vars()
+            propagated = _propagated_context()
+        else:
+            propagated = _safe_context(request_value(request, CONTEXT_HEADER))
         _clear_contextvars()
-        propagated = _safe_context(request_value(request, CONTEXT_HEADER))
         if propagated:
             structlog.contextvars.bind_contextvars(**propagated)
         _bind_task_context(
@@ -441,6 +457,10 @@ class LoggingObserver:
             log.log(level, message, duration_seconds=event.duration, **fields)
         finally:
             _clear_contextvars()
+            caller = request_value(event.request, "_celery_kit_caller_context")
+            if caller:
+                for var, value in caller:
+                    var.set(value)
 
     def _on_succeeded(self, event: TaskEvent) -> None:
         self._finished(event, std_logging.INFO, "task succeeded")
