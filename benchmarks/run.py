@@ -486,6 +486,11 @@ them -- but they show where the time goes.
 
 {instruction_table()}
 
+Each `kit+<part>` row is `kit` with one part of `instrument()` on, and includes what
+every part needs: Celery's two signals and the bridge's events (`kit+alerts` is little
+more than that, since the alert observer reads failures only). `kit+logging` also trades
+Celery's per-task line for the kit's two.
+
 Per attempt, `kit_full` does on top of validation:
 
 - **Celery's two signals.** With a receiver connected, Celery sends `task_prerun` and
@@ -494,32 +499,37 @@ Per attempt, `kit_full` does on top of validation:
   a process that only validates pays nothing; the health probe's receivers are connected
   in solo workers only.
 - **Two classified events** from the bridge (the request is looked up once per attempt),
-  fanned out to the observers that read them; the alert observer reads failures only.
+  handed to the observers that read them.
 - **The task context** (`task_id`, `task_name`, `queue`, `retries`, `parent_id`,
   `root_id`) bound in structlog's ContextVars for the attempt and cleared after it: twelve
   ContextVar writes.
 - **Two JSON lines** (`task started`, `task succeeded`), each written and flushed on its
   own so a hung task still shows its start. Rendered by orjson with structlog's
-  processors inlined, the pair costs less than the one line plain Celery writes through
-  the standard library (`kit+logging` is below `kit`).
+  processors inlined, the two cost about what plain Celery's one line costs through the
+  standard library (compare `apply_small` with `apply_small_warning`).
 - **Six metric updates** (started, in progress up and down, outcome, duration histogram,
-  last success) through prometheus-client on label children resolved once.
+  last success) through prometheus-client, on label children resolved once.
 
 Per publish `kit_full` adds a `task enqueued` line, a counter, the publish time header
 and the propagated context header. Turn off what you do not need
 (`instrument(app, logging=False)`), or raise the log level to `WARNING` to keep only
 problems.
 
+`apply_heavy` shows one cost that is Celery's: for an eager call, Celery's own "Task ...
+succeeded" line writes `repr()` of the arguments, and a validated payload of 50 nested
+models has an expensive `repr()`. `kit_full` turns that line off; `kit` without
+`instrument()` keeps Celery's logging as it is.
+
 ## The in-process target
 
-The `apply()` target -- at most 1.10 times plain Celery with everything on, and below
-`pydantic=True` -- is not met. Validation alone costs about what `pydantic=True` costs,
-and each of the signals, the events, the context and the metrics costs more than the
-margin the target leaves: together they are the difference in the table above. Meeting it
-would mean dropping one of those per attempt (the context binding, a metric, the start
-line) rather than doing it faster. End to end, where a task also crosses a broker and a
-pool, the same work is a few percent, and `kit_full` workers skip Celery's per-message
-"Task received" line in the consumer, their busiest process.
+The `apply()` target -- at most 1.10 times plain Celery with everything on -- is not met.
+Validation alone stays below `pydantic=True`; then the signals, the events, the context
+and the metrics each cost a few percent of a bare `apply()`, and together several times
+the margin the target leaves. Meeting it would mean dropping one of them per attempt
+(the context binding, a metric, the start line) rather than doing it faster. End to end,
+where a task also crosses a broker and a pool, the same work is a few percent, and
+`kit_full` workers skip Celery's "Task received" line in the consumer, their busiest
+process.
 """
 
 

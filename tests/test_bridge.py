@@ -77,7 +77,33 @@ def test_each_nested_eager_attempt_measures_its_own_duration(app: Celery, seen: 
     starts, ends = [e.request for e in seen[:3]], [e.request for e in finished]
     assert ends == starts[::-1]
     assert len({id(r) for r in starts}) == 3
-    assert "id-nested" not in _bridge._attempts
+    assert not [key for key in _bridge._attempts if key[1] == "id-nested"]
+
+
+def test_two_deliveries_of_one_message_in_two_threads_stay_apart(app: Celery, seen: list[TaskEvent]) -> None:
+    """A threads pool can run a redelivered message while the first delivery still runs:
+    each attempt ends with its own request and duration, whichever ends first."""
+    import threading
+
+    @validated_task(app, shared=False, name="b.twice")
+    def twice(seconds: float) -> float:
+        time.sleep(seconds)
+        return seconds
+
+    first = threading.Thread(target=twice.apply, args=((0.05,),), kwargs={"task_id": "dup"})
+    second = threading.Thread(target=twice.apply, args=((0.3,),), kwargs={"task_id": "dup"})
+    first.start()
+    time.sleep(0.02)  # the second delivery starts while the first runs, and ends after it
+    second.start()
+    first.join()
+    second.join()
+    finished = [e for e in seen if e.finished]
+    slept = [e.request.kwargs["seconds"] for e in finished]  # each event's own request
+    durations = [e.duration for e in finished]
+    assert slept == [0.05, 0.3]  # in the order they ended
+    for seconds, duration in zip(slept, durations, strict=True):
+        assert duration is not None
+        assert seconds <= duration < seconds + 0.2, (slept, durations)
 
 
 def test_an_attempt_observed_from_the_middle_has_no_duration(app: Celery, seen: list[TaskEvent]) -> None:
@@ -86,7 +112,8 @@ def test_an_attempt_observed_from_the_middle_has_no_duration(app: Celery, seen: 
 
     @app.task(shared=False, name="b.middle")  # type: ignore[untyped-decorator]
     def middle() -> None:
-        _bridge._attempts.pop("id-middle", None)
+        for key in [key for key in _bridge._attempts if key[1] == "id-middle"]:
+            del _bridge._attempts[key]
 
     middle.apply(task_id="id-middle")
     assert [(e.type, e.duration) for e in seen] == [(EventType.STARTED, None), (EventType.SUCCEEDED, None)]

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import threading
 import time
+from _thread import get_ident
 from collections import OrderedDict
 from collections.abc import Callable, Container
 from datetime import datetime
@@ -157,12 +158,13 @@ def _on_before_publish(
         dispatcher.emit(TaskEvent(_PUBLISHED, name, headers.get("id"), queue=routing_key or None))
 
 
-#: The attempts running in this process: task id -> (request, monotonic start, the
-#: attempt it shadows). Set at ``task_prerun`` and taken at ``task_postrun``, so the end
-#: of an attempt needs no second lookup through Celery's thread-local request stack. An
-#: eager retry runs the next attempt, with the same id, inside the current one: it
-#: shadows the outer attempt until it ends.
-_attempts: dict[str | None, tuple[Any, float, Any]] = {}
+#: The attempts running in this process: (thread, task id) -> (request, monotonic start,
+#: the attempt it shadows). Set at ``task_prerun`` and taken at ``task_postrun``, so the
+#: end of an attempt needs no second lookup through Celery's thread-local request stack.
+#: Keyed by thread too, so two deliveries of one message in a threads pool stay apart; a
+#: task that applies itself eagerly under its own id nests one attempt in another, and
+#: the inner one shadows the outer until it ends.
+_attempts: dict[tuple[int, str | None], tuple[Any, float, Any]] = {}
 #: More attempts than any pool runs at once means ``task_postrun`` went missing for some.
 _MAX_ATTEMPTS = 10_000
 
@@ -174,7 +176,8 @@ def _on_prerun(task_id: str | None = None, task: Any = None, **_: Any) -> None:
     request = task.request
     if len(_attempts) >= _MAX_ATTEMPTS:
         _attempts.clear()
-    _attempts[task_id] = (request, time.monotonic(), _attempts.get(task_id))
+    key = (get_ident(), task_id)
+    _attempts[key] = (request, time.monotonic(), _attempts.get(key))
     if not dispatcher.wants(_STARTED):
         return
     dispatcher.emit(
@@ -194,9 +197,10 @@ def _on_prerun(task_id: str | None = None, task: Any = None, **_: Any) -> None:
 def _on_postrun(
     task_id: str | None = None, task: Any = None, retval: Any = None, state: str | None = None, **_: Any
 ) -> None:
-    attempt = _attempts.pop(task_id, None)
+    key = (get_ident(), task_id)
+    attempt = _attempts.pop(key, None)
     if attempt is not None and attempt[2] is not None:
-        _attempts[task_id] = attempt[2]
+        _attempts[key] = attempt[2]
     dispatcher = _dispatcher(task)
     if dispatcher is None or state is None:
         # No state: the attempt was cut short by a BaseException (the pool process is
