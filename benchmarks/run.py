@@ -551,13 +551,13 @@ models has an expensive `repr()`. `kit_full` turns that line off; `kit` without
 ## The in-process target
 
 The `apply()` target -- at most 1.10 times plain Celery with everything on -- is not met.
-Validation alone stays below `pydantic=True`; then the signals, the events, the context
-and the metrics each cost a few percent of a bare `apply()`, and together several times
-the margin the target leaves. Meeting it would mean dropping one of them per attempt
-(the context binding, a metric, the start line) rather than doing it faster. End to end,
-where a task also crosses a broker and a pool, the same work is a few percent, and
-`kit_full` workers skip Celery's "Task received" line in the consumer, their busiest
-process.
+Validation alone stays below `pydantic=True`; then Celery's two signals and the bridge
+cost about a tenth of a bare `apply()` before any observer runs (the `kit+alerts` row),
+and the context, the lines and the metrics come on top. By the counts above, meeting the
+target would mean dropping per-attempt work -- the start line and the metrics both --
+rather than doing it faster. End to end, where a task also crosses a broker and a pool,
+the same work is a few percent, and `kit_full` workers skip Celery's "Task received" line
+in the consumer, their busiest process.
 """
 
 
