@@ -506,11 +506,11 @@ results ignored) and counts completions on the worker side; a lost task fails th
 ## Where the time goes
 
 Timings on a shared machine move by several percent from run to run.
-`benchmarks/instructions.py` counts the machine instructions one call executes, under
-valgrind, which do not: the same path executes the same instructions, and each part of
-`instrument()` can be weighed on its own (`kit+logging`, `kit+metrics`, ...: `kit` with
-that one part on). Instructions are not time -- cache misses and system calls are not in
-them -- but they show where the time goes.
+`benchmarks/instructions.py` (`make bench-instructions`) counts the machine instructions
+one call executes, under valgrind, which do not: the same path executes the same
+instructions, and each part of `instrument()` can be weighed on its own (`kit+logging`,
+`kit+metrics`, ...: `kit` with that one part on). Instructions are not time -- cache
+misses and system calls are not in them -- but they show where the time goes.
 
 {instruction_table()}
 
