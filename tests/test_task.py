@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 from typing import Any
 
@@ -168,9 +169,14 @@ def test_celerys_argument_check_still_sees_the_real_signature(app: Celery) -> No
     add.__header__(1, 2)
     with pytest.raises(TypeError):
         add.__header__(1, 2, 3)
-    add.delay(1, 2)
+    add.delay("1", y=2)
     ((args, kwargs, _),) = (decoded(m) for m in published(app))
-    assert (args, kwargs) == ([], {"x": 1, "y": 2})
+    assert (args, kwargs) == ([1], {"y": 2})  # validated, and in the caller's shape
+    assert list(inspect.signature(add.run).parameters) == ["x", "y"]
+    with pytest.raises(TypeError, match="missing 1 required positional argument"):
+        add.delay(1)  # Celery's own check, its own message
+    with pytest.raises(ValidationError):
+        add.delay("x", 2)
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -183,8 +189,8 @@ def test_celerys_argument_check_still_sees_the_real_signature(app: Celery) -> No
 def test_fuzzed_payloads_publish_only_when_valid(send: Any, fields: dict[str, Any]) -> None:
     app = send.app
     try:
-        Email.model_validate(fields, strict=False)
-        expect_valid = "other" not in fields
+        Email.model_validate(fields, strict=False)  # the model's own config decides on extras
+        expect_valid = True
     except ValidationError:
         expect_valid = False
     try:
@@ -250,9 +256,16 @@ def test_contradicting_max_retries_is_refused(app: Celery) -> None:
         make_send(app, retry=RetryPolicy(retry_on=(OSError,), max_retries=2), max_retries=5).name  # noqa: B018
 
 
-def test_pydantic_true_is_refused(app: Celery) -> None:
-    with pytest.raises(ConfigurationError, match="drop pydantic=True"):
-        make_send(app, pydantic=True).name  # noqa: B018
+def test_pydantic_true_keeps_celerys_own_validation(app: Celery) -> None:
+    send = make_send(app, pydantic=True, pydantic_strict=True)
+    assert send.payload_schema is not None and not send.payload_schema.validates
+    send.delay(Email(to="a@b.c", subject="hi"))  # Celery's dump_arguments sends the model's JSON
+    ((args, kwargs, _),) = (decoded(m) for m in published(app))
+    assert (args, kwargs) == ([{"to": "a@b.c", "subject": "hi", "body": ""}], {})
+    assert send.apply(({"to": "a@b.c", "subject": "hi"},)).get() == {"message_id": "<a@b.c>"}
+    # pydantic_strict=True is Celery's option: a string for a model is refused on the worker.
+    outcome = send.apply(('{"to": "a@b.c"}',))
+    assert isinstance(outcome.result, ValidationError)
 
 
 def test_base_must_be_a_validated_task(app: Celery) -> None:
@@ -385,25 +398,55 @@ def test_permanent_and_unlisted_errors_are_not_retried(app: Celery, error: Excep
     assert [(e.kind, e.final) for e in seen] == [(FailureKind.PERMANENT, True)]
 
 
-def test_autoretry_for_is_translated_and_never_retries_validation_errors(app: Celery) -> None:
-    flaky, _ = flaky_task(app, 1, autoretry_for=(Exception,), max_retries=2, retry_backoff=0.5)
-    policy = flaky.retry_policy
-    assert policy is not None
-    assert (policy.retry_on, policy.max_retries, policy.backoff) == ((Exception,), 2, 0.5)
-    assert flaky.apply((1,)).get() == 2
+def test_autoretry_for_keeps_celerys_rules_and_never_retries_validation_errors(app: Celery) -> None:
+    flaky, calls = flaky_task(
+        app, 5, autoretry_for=(Exception,), retry_kwargs={"max_retries": 2, "countdown": 0}
+    )
+    assert flaky.retry_policy is None  # Celery's options stay Celery's
+    seen = events_of(app)
+    outcome = flaky.apply((1,))
+    assert isinstance(outcome.result, ConnectionError)
+    assert calls == [1, 1, 1]  # retry_kwargs' max_retries=2, as in Celery
+    assert [(e.type, e.final, e.reason) for e in seen] == [
+        (EventType.RETRYING, False, "retriable error"),
+        (EventType.RETRYING, False, "retriable error"),
+        (EventType.FAILED, True, "retries exhausted"),
+    ]
 
     from celery.app.trace import build_tracer
 
-    seen = events_of(app)
+    seen.clear()
     tracer = build_tracer(flaky.name, flaky, eager=True, app=app)
-    outcome = tracer("task-2", ["not-a-number"], {}, {"id": "task-2"})
-    assert isinstance(outcome.retval.exception, PayloadValidationError)
+    result = tracer("task-2", ["not-a-number"], {}, {"id": "task-2"})
+    assert isinstance(result.retval.exception, PayloadValidationError)
     assert [(e.type, e.final) for e in seen] == [(EventType.FAILED, True)]
 
 
-def test_autoretry_without_a_limit_is_refused(app: Celery) -> None:
-    with pytest.raises(ConfigurationError, match="retries forever"):
-        flaky_task(app, 0, autoretry_for=(OSError,), max_retries=None)[0].name  # noqa: B018
+def test_dont_autoretry_for_and_a_retry_max_retries_override(app: Celery) -> None:
+    calls: list[str] = []
+
+    @validated_task(
+        app, shared=False, name="t.picky", bind=True, max_retries=5,
+        autoretry_for=(Exception,), dont_autoretry_for=(KeyError,), default_retry_delay=0,
+    )  # fmt: skip
+    def picky(self: ValidatedTask, error: str) -> None:
+        calls.append(error)
+        if error == "override" and not self.request.retries:
+            self.retry(max_retries=1, countdown=0, throw=False)  # lowers the limit for autoretry
+        raise KeyError(error) if error == "key" else ValueError(error)
+
+    assert isinstance(picky.apply(("key",)).result, KeyError)
+    assert calls == ["key"]
+    calls.clear()
+    assert isinstance(picky.apply(("override",)).result, ValueError)
+    assert calls == ["override", "override"]  # one retry: the override, not max_retries=5
+
+
+def test_autoretry_without_a_limit_is_celerys_choice(app: Celery) -> None:
+    flaky, calls = flaky_task(app, 7, autoretry_for=(OSError,), max_retries=None, retry_backoff=-1)
+    with_jitter_off = flaky.apply((1,))  # retry_backoff=-1 means a factor of 1 in Celery
+    assert with_jitter_off.get() == 8
+    assert len(calls) == 8
 
 
 # -- soft-timeout cleanup -----------------------------------------------------------------------

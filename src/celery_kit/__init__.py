@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 
     from ._errors import (
         CeleryKitError,
+        ChainPayloadError,
         ConfigurationError,
         PayloadTooLargeError,
         PayloadValidationError,
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
     )
     from ._events import Dispatcher, EventType, FailureKind, RejectReason, TaskEvent, dispatcher_for
     from ._instrument import Instrumentation, instrument
+    from ._payload import ArgumentsError
     from ._retry import RetryPolicy
     from ._task import (
         DEFAULT_MAX_PAYLOAD_BYTES,
@@ -40,7 +42,9 @@ __all__ = [
     "DEFAULT_MAX_PAYLOAD_BYTES",
     "FIRST_ATTEMPT_HEADER",
     "MAX_PAYLOAD_SETTING",
+    "ArgumentsError",
     "CeleryKitError",
+    "ChainPayloadError",
     "ConfigurationError",
     "Dispatcher",
     "EventType",
@@ -61,7 +65,9 @@ __all__ = [
 
 #: Where each public name lives; the first access to any of them imports them all.
 _EXPORTS = {
+    "ArgumentsError": "._payload",
     "CeleryKitError": "._errors",
+    "ChainPayloadError": "._errors",
     "ConfigurationError": "._errors",
     "PayloadTooLargeError": "._errors",
     "PayloadValidationError": "._errors",

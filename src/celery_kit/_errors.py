@@ -4,21 +4,28 @@
 
     CeleryKitError                 base of everything below
     ├── PayloadValidationError     a worker received a payload that does not fit the task's schema
+    │   └── ChainPayloadError      the previous task's result does not fit the next step of its
+    │                              chain or its callback (also kombu's ``EncodeError``)
     ├── PayloadTooLargeError       the caller tried to publish a payload above the size cap
     ├── PermanentError             raised by task code: fail now, never retry
     └── ConfigurationError         a task, preset or setting is wrong; raised at import or
                                    worker start, never in the middle of the night
 
 An invalid payload in the *caller* stays :class:`pydantic.ValidationError`, untouched, so
-handlers users already have keep working. Every message says what to do next.
+handlers users already have keep working; a call of the wrong shape (a missing or unknown
+argument) raises one that is also a :class:`TypeError`, as plain Celery raises. Every
+message says what to do next.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from kombu.exceptions import EncodeError
+
 __all__ = [
     "CeleryKitError",
+    "ChainPayloadError",
     "ConfigurationError",
     "PayloadTooLargeError",
     "PayloadValidationError",
@@ -91,8 +98,19 @@ class PayloadValidationError(CeleryKitError):
         return self.message
 
 
+class ChainPayloadError(PayloadValidationError, EncodeError):
+    """The previous task's result does not fit the next step of its chain (or its callback).
+
+    Raised on the worker while Celery's tracer hands a successful result on. It is also
+    kombu's :class:`~kombu.exceptions.EncodeError` -- the result cannot be encoded as the
+    next task's payload -- so Celery records the finishing task as failed (state
+    ``FAILURE``, ``task_failure`` sent) rather than as a success followed by an error.
+    """
+
+
 for _cls in (
     CeleryKitError,
+    ChainPayloadError,
     ConfigurationError,
     PermanentError,
     PayloadTooLargeError,

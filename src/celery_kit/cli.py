@@ -126,9 +126,7 @@ def schema(ctx: click.Context, names: tuple[str, ...]) -> None:
     """Print the JSON Schema of every validated task's payload and result."""
     app = _app(ctx)
     tasks = {
-        task.name: task
-        for task in _user_tasks(app)
-        if isinstance(task, ValidatedTask) and task.payload_schema is not None
+        task.name: task for task in _user_tasks(app) if isinstance(task, ValidatedTask) and task._kit_rules()
     }
     missing = sorted(set(names) - set(tasks))
     if missing:

@@ -38,7 +38,7 @@ except ImportError:  # not built for every interpreter (PyPy): the standard libr
     _orjson = None  # type: ignore[assignment]
 
 from ._events import EventType, FailureKind, TaskEvent, request_value
-from ._payload import PayloadSchema
+from ._payload import dump_masked
 
 __all__ = [
     "CONTEXT_HEADER",
@@ -521,7 +521,7 @@ class LoggingObserver:
         if not getattr(event.task, "log_payload", False) or event.request is None:
             return None
         payload = request_value(event.request, "_celery_kit_payload")
-        return None if payload is None else PayloadSchema.dump_result(payload)
+        return None if payload is None else dump_masked(payload)
 
 
 def _configure_worker_logging(

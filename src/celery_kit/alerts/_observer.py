@@ -16,7 +16,7 @@ from pydantic import SecretStr
 
 from .._errors import ConfigurationError
 from .._events import EventType, FailureKind, TaskEvent, request_value
-from .._payload import PayloadSchema
+from .._payload import dump_masked
 from ._delivery import AlertDelivery, ResultCallback
 from ._model import Alert, AlertKind, redact
 from ._ratelimit import LocalRateLimit, RateLimit, RedisRateLimit
@@ -170,7 +170,7 @@ class AlertObserver:
         if not getattr(event.task, "alert_payload", False) or event.request is None:
             return None
         payload = request_value(event.request, "_celery_kit_payload")
-        return None if payload is None else redact(PayloadSchema.dump_result(payload))
+        return None if payload is None else redact(dump_masked(payload))
 
 
 _deliveries: weakref.WeakSet[AlertDelivery] = weakref.WeakSet()
