@@ -98,7 +98,7 @@ def test_only_what_no_completion_can_fix_is_refused_at_creation(tasks: dict[str,
 
 def test_undeclared_tasks_keep_celerys_canvas(app: Celery) -> None:
     @app.task(shared=False, base=ValidatedTask, name="c.plain")
-    def plain(x, y):  # type: ignore[no-untyped-def]  # noqa: ANN001, ANN202
+    def plain(x, y):  # type: ignore[no-untyped-def]
         return x
 
     group([plain.s({1}, 2), plain.s("a", "b")])  # nothing declared: nothing refused

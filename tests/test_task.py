@@ -258,7 +258,8 @@ def test_contradicting_max_retries_is_refused(app: Celery) -> None:
 
 def test_pydantic_true_keeps_celerys_own_validation(app: Celery) -> None:
     send = make_send(app, pydantic=True, pydantic_strict=True)
-    assert send.payload_schema is not None and not send.payload_schema.validates
+    assert send.payload_schema is not None
+    assert not send.payload_schema.validates
     send.delay(Email(to="a@b.c", subject="hi"))  # Celery's dump_arguments sends the model's JSON
     ((args, kwargs, _),) = (decoded(m) for m in published(app))
     assert (args, kwargs) == ([{"to": "a@b.c", "subject": "hi", "body": ""}], {})
