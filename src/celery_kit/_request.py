@@ -1,5 +1,14 @@
 """The worker-side request class of kit tasks (imported by workers only, by name).
 
+The worker refuses what the caller refuses: a payload above the task's size cap, or one
+JSON cannot carry (a lone surrogate in a string). The caller measures the payload it
+publishes; a message published around the kit (another producer, another language) is
+measured here, in the worker's main process, before any pool process sees it. The raw
+body's length is known for free and bounds the payload, so only a message that could be
+over the cap, or that holds a ``\\ud...`` escape, pays for an exact measurement. A
+refused message goes to Celery's own ``on_invalid_task`` (logged, rejected without
+requeueing, ``task_rejected`` sent), the way Celery refuses a malformed ETA.
+
 Celery 5.7 sends ``task_failure`` from the worker's main process when the hard time limit
 kills a pool process, but without the request on the task's stack; 5.5 and 5.6 only mark
 the result. For a lost pool process, 5.5 and 5.6 send ``task_failure`` without the request
@@ -12,15 +21,55 @@ from __future__ import annotations
 from typing import Any
 
 from billiard.einfo import ExceptionWithTraceback
-from celery.exceptions import TimeLimitExceeded, WorkerLostError
+from celery.exceptions import InvalidTaskError, TimeLimitExceeded, WorkerLostError
 from celery.worker.request import Request
+from pydantic_core import PydanticSerializationError, to_json
 
 from ._bridge import report_main_process_failure
+from ._errors import PayloadTooLargeError
 
-__all__ = ["KitRequest"]
+__all__ = ["KitRequest", "payload_problem"]
+
+_ESCAPES = (b"\\ud", b"\\uD")
+
+
+def _may_hold_surrogates(body: bytes | str) -> bool:
+    if isinstance(body, str):
+        return "\\ud" in body or "\\uD" in body
+    return _ESCAPES[0] in body or _ESCAPES[1] in body
+
+
+def payload_problem(task: Any, body: Any, args: Any, kwargs: Any, compressed: bool = False) -> str | None:
+    """Why the worker must refuse this payload as the caller would have; ``None`` if it is fine."""
+    kit_rules = getattr(task, "_kit_rules", None)
+    if kit_rules is None or not kit_rules():
+        return None
+    limit = int(getattr(task, "_payload_limit", 0) or 0)
+    if isinstance(body, (bytes, str)) and not compressed:
+        if not (limit and len(body) > limit) and not _may_hold_surrogates(body):
+            return None
+    try:
+        size = len(to_json((args, kwargs)))
+    except (PydanticSerializationError, UnicodeError) as exc:
+        if isinstance(exc, UnicodeError) or "surrogate" in str(exc).lower():
+            return (
+                f"the payload of task {task.name!r} cannot be encoded as JSON (a string holds a "
+                "lone surrogate); the caller refuses it too. Fix the producer."
+            )
+        return None  # a value only the message serializer knows: the task decides
+    if limit and size > limit:
+        return str(PayloadTooLargeError(task.name, size, limit))
+    return None
 
 
 class KitRequest(Request):  # type: ignore[misc]
+    def __init__(self, message: Any, *args: Any, **kwargs: Any) -> None:
+        super().__init__(message, *args, **kwargs)
+        headers = self._request_dict
+        problem = payload_problem(self.task, self.body, self.args, self.kwargs, bool(headers.get("compression")))
+        if problem is not None:
+            raise InvalidTaskError(problem)
+
     def on_timeout(self, soft: bool, timeout: float) -> None:
         # Report before Celery does: Celery 5.7's ``task_failure`` for a hard limit comes
         # without the request on the task's stack (queue, root id and retries would read

@@ -8,10 +8,12 @@ import pytest
 from celery import chain
 from celery.exceptions import SoftTimeLimitExceeded
 
-from celery_kit import PayloadValidationError, PermanentError
+from pydantic import ValidationError
+
+from celery_kit import ChainPayloadError, PayloadTooLargeError, PayloadValidationError, PermanentError
 from celery_kit.testing import publish_raw_message
 
-from .conftest import LiveWorker
+from .conftest import LiveWorker, wait_until
 from .worker_app import Receipt
 
 pytestmark = pytest.mark.integration
@@ -141,3 +143,25 @@ def test_chain_step_that_does_not_fit_fails_the_previous_task_readably(live_work
         result.parent.get(timeout=TIMEOUT)
     assert "does not fit the signature of 'kit.slow'" in str(caught.value)
     assert {tuple(e["loc"]) for e in caught.value.errors} == {("key",), ("seconds",)}
+    assert isinstance(caught.value, ChainPayloadError)
+    assert result.parent.state == "FAILURE"
+    # Reported as what it is -- one final invalid-payload failure -- never as a success.
+    wait_until(lambda: bool(live_worker.events(result.parent.id)), timeout=10)
+    finished = live_worker.events(result.parent.id)
+    assert [(e["type"], e["kind"], e["final"]) for e in finished] == [("failed", "invalid_payload", True)]
+    assert live_worker.count("succeeded", result.parent.id) == 0
+    assert live_worker.count("succeeded", result.parent.parent.id if result.parent.parent else "-") == 0
+
+
+def test_the_worker_refuses_what_the_caller_refuses(live_worker: LiveWorker, unique: str) -> None:
+    """A raw message above the cap, or with a lone surrogate, never runs (the caller
+    refuses both); the worker goes on with the next message."""
+    big = publish_raw_message(live_worker.app, "kit.flaky", args=["x" * (2 * 1024 * 1024), 0])
+    lone = publish_raw_message(live_worker.app, "kit.flaky", kwargs={"key": "\ud800", "fail_times": 0})
+    after = live_worker.app.tasks["kit.flaky"].delay(key=unique, fail_times=0)
+    assert after.get(timeout=TIMEOUT) == 1
+    assert _stays(lambda: live_worker.count("attempts", big.id) + live_worker.count("attempts", lone.id), 0)
+    with pytest.raises(PayloadTooLargeError):
+        live_worker.app.tasks["kit.flaky"].delay(key="x" * (2 * 1024 * 1024), fail_times=0)
+    with pytest.raises(ValidationError):
+        live_worker.app.tasks["kit.flaky"].delay(key="\ud800", fail_times=0)

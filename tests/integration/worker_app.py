@@ -58,6 +58,9 @@ def build_app(broker_url: str, backend_url: str, queue: str, state_url: str, pre
 
     @dispatcher_for(app).subscribe
     def record_event(event: TaskEvent) -> None:
+        if event.type is EventType.SUCCEEDED:
+            state.incr(f"{prefix}:succeeded:{event.task_id}")
+            return
         if event.type not in (EventType.RETRYING, EventType.FAILED):
             return
         assert event.kind is not None
