@@ -46,6 +46,7 @@ from ._errors import ConfigurationError, PayloadTooLargeError, PayloadValidation
 __all__ = ["ArgumentsError", "BoundPayload", "PayloadSchema", "dump_masked", "payload_validation_error"]
 
 _P = inspect.Parameter
+_JSON_SCALARS = (str, int, float, bool)
 _POSITIONAL = (_P.POSITIONAL_ONLY, _P.POSITIONAL_OR_KEYWORD)
 #: Error types that say the call's *shape* is wrong (what Python reports as ``TypeError``).
 _SHAPE_ERRORS = frozenset(
@@ -606,6 +607,12 @@ class PayloadSchema:
         return {"payload": payload, "result": result}
 
     # -- results ----------------------------------------------------------------------------
+
+    def dumps_result(self, value: Any) -> bool:
+        """Whether :meth:`dump_result` would change ``value``: a model, or a declared type."""
+        if not self._validate or isinstance(value, _JSON_SCALARS):
+            return False  # Celery's pydantic=True wrapper dumps what it dumps
+        return self.return_adapter is not None or isinstance(value, BaseModel)
 
     def dump_result(self, value: Any) -> Any:
         """The return value as it is stored: declared types and models dumped to JSON data.

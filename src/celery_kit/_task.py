@@ -77,6 +77,7 @@ def _wrap_run(fun: Callable[..., Any], bound: bool, schema: PayloadSchema) -> Ca
     """
     validate = schema.validate_call
     dump_result = schema.dump_result
+    dumps = schema.dumps_result
 
     def run(self: ValidatedTask, *args: Any, **kwargs: Any) -> Any:
         try:
@@ -100,6 +101,8 @@ def _wrap_run(fun: Callable[..., Any], bound: bool, schema: PayloadSchema) -> Ca
             if payload is None:
                 payload = schema.named(args, kwargs)
             self._handle_failure(exc, request, payload, started)
+        if result is None or not dumps(result) or self.request.called_directly:
+            return result  # a direct call returns what the function returned, as in Celery
         return dump_result(result)
 
     run.__name__ = getattr(fun, "__name__", "run")
@@ -295,19 +298,21 @@ class ValidatedTask(celery.Task):  # type: ignore[misc]
                     "payloads travel as JSON only (pickle lets any producer run code on "
                     "your workers). Use serializer='json' (task_serializer='json')."
                 )
+            converts = schema.validates or self._celery_kit_decorated
             if self.typing:
-                if schema.model is None:
-                    header = getattr(self, "__header__", None)
-                    if header is not None:
-                        header(*(args or ()), **(kwargs or {}))  # Celery's TypeError, unchanged
-                args, kwargs = self._checked_wire(schema, args, kwargs, options)
+                if converts:
+                    if schema.model is None:
+                        header = getattr(self, "__header__", None)
+                        if header is not None:
+                            header(*(args or ()), **(kwargs or {}))  # Celery's TypeError, unchanged
+                    args, kwargs = self._checked_wire(schema, args, kwargs, options)
                 if "parent_id" not in options:  # the caller, not Celery's tracer handing on
                     try:
                         check_canvas_options(options, link)
                     except (ValidationError, PayloadTooLargeError) as exc:
                         self._refused(exc)
                         raise
-            else:  # Celery's typing=False: the caller checks nothing; the worker still does
+            elif converts:  # Celery's typing=False: the caller checks nothing; the worker still does
                 with contextlib.suppress(ValidationError, PayloadTooLargeError):
                     args, kwargs = self._checked_wire(schema, args, kwargs, options)
         token = publishing_app.set(self._get_app())
