@@ -106,7 +106,7 @@ def test_invalid_payload_raises_in_the_caller_and_publishes_nothing(app: Celery,
 def test_apply_and_direct_calls_validate_with_pydantics_error(app: Celery) -> None:
     send = make_send(app)
     assert send.apply(kwargs={"to": "a@b.c", "subject": "hi"}).get() == {"message_id": "<a@b.c>"}
-    assert send(to="a@b.c", subject="hi") == {"message_id": "<a@b.c>"}
+    assert send(to="a@b.c", subject="hi") == Sent(message_id="<a@b.c>")  # a direct call: the function's value
     with pytest.raises(ValidationError):
         send.apply(kwargs={"to": "bad", "subject": "hi"})
     with pytest.raises(ValidationError):
@@ -563,3 +563,92 @@ def test_bytes_json_cannot_carry_raise_a_validation_error_and_publish_nothing(ap
         blob.delay({"raw": b"\xff\xfe"})
     assert published(app) == []
     assert [e.task_name for e in refused] == ["t.blob"]
+
+
+# -- drop-in: an existing Celery task keeps Celery's behaviour ----------------------------------
+
+
+@pytest.fixture
+def plain_app(unique: str) -> Any:
+    app = Celery(
+        f"plain-{unique}",
+        broker="memory://",
+        backend="cache+memory://",
+        task_cls="celery_kit:ValidatedTask",
+        set_as_current=False,
+    )
+    app.conf.task_default_queue = f"q-{unique}"
+    yield app
+    app.close()
+
+
+def test_retry_merges_args_and_kwargs_as_celery_does(plain_app: Celery) -> None:
+    @plain_app.task(bind=True, shared=False)
+    def scale(self: Any, foo: Any, bar: Any) -> Any:
+        if not self.request.retries:
+            raise self.retry(kwargs={"foo": foo * 10}, countdown=0)
+        return foo, bar
+
+    @plain_app.task(bind=True, shared=False)
+    def shift(self: Any, foo: int, bar: int) -> Any:
+        if not self.request.retries:
+            raise self.retry(args=(foo * 10,), countdown=0)
+        return foo, bar
+
+    assert scale.apply((1, 2)).get() == (10, 2)
+    assert shift.apply((1,), {"bar": 2}).get() == (10, 2)
+
+
+def test_max_retries_exceeded_carries_the_tasks_arguments(plain_app: Celery) -> None:
+    from celery.exceptions import MaxRetriesExceededError
+
+    @plain_app.task(bind=True, shared=False, max_retries=0)
+    def once(self: Any, a: int, b: int) -> None:
+        raise self.retry(countdown=0)
+
+    outcome = once.apply((1, 2))
+    assert isinstance(outcome.result, MaxRetriesExceededError)
+    assert tuple(outcome.result.task_args) == (1, 2)
+
+
+def test_undeclared_values_are_sent_as_celery_sends_them(plain_app: Celery) -> None:
+    from kombu.exceptions import EncodeError
+
+    @plain_app.task(shared=False)
+    def pair(x):  # type: ignore[no-untyped-def]
+        return (x, x)
+
+    assert pair.apply((1,)).get() == (1, 1)  # a tuple stays a tuple
+    with pytest.raises(EncodeError):
+        pair.delay({1, 2})  # kombu's JSON refuses a set, as without the kit
+    assert published(plain_app) == []
+
+
+def test_typing_false_and_strict_typing_false_turn_the_callers_checks_off(plain_app: Celery) -> None:
+    @plain_app.task(shared=False, typing=False)
+    def loose(x: int, y: int) -> None: ...
+
+    loose.delay(1)  # Celery sends it; the worker will refuse it
+    loose.delay("x", 2)
+    assert len(published(plain_app)) == 2
+    lax = Celery("lax", broker="memory://", task_cls="celery_kit:ValidatedTask", strict_typing=False)
+
+    @lax.task(shared=False)
+    def later(x: int) -> None: ...
+
+    assert later.typing is False
+    later.delay()
+
+
+def test_arguments_celery_refuses_keep_celerys_type_error(plain_app: Celery) -> None:
+    @plain_app.task(shared=False)
+    def add(x: int, y: int) -> int:
+        return x + y
+
+    with pytest.raises(TypeError, match="list or tuple"):
+        add.apply_async("ab")
+    with pytest.raises(TypeError, match="mapping"):
+        add.apply_async((1, 2), "ab")
+    with pytest.raises(TypeError, match="unexpected keyword argument 'z'"):
+        add.delay(1, 2, z=3)
+    assert published(plain_app) == []

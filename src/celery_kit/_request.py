@@ -66,7 +66,9 @@ class KitRequest(Request):  # type: ignore[misc]
     def __init__(self, message: Any, *args: Any, **kwargs: Any) -> None:
         super().__init__(message, *args, **kwargs)
         headers = self._request_dict
-        problem = payload_problem(self.task, self.body, self.args, self.kwargs, bool(headers.get("compression")))
+        problem = payload_problem(
+            self.task, self.body, self.args, self.kwargs, bool(headers.get("compression"))
+        )
         if problem is not None:
             raise InvalidTaskError(problem)
 

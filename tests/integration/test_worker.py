@@ -7,7 +7,6 @@ import time
 import pytest
 from celery import chain
 from celery.exceptions import SoftTimeLimitExceeded
-
 from pydantic import ValidationError
 
 from celery_kit import ChainPayloadError, PayloadTooLargeError, PayloadValidationError, PermanentError
