@@ -45,9 +45,9 @@ def payload_problem(task: Any, body: Any, args: Any, kwargs: Any, compressed: bo
     if kit_rules is None or not kit_rules():
         return None
     limit = int(getattr(task, "_payload_limit", 0) or 0)
-    if isinstance(body, (bytes, str)) and not compressed:
-        if not (limit and len(body) > limit) and not _may_hold_surrogates(body):
-            return None
+    measured_for_free = isinstance(body, (bytes, str)) and not compressed
+    if measured_for_free and not (limit and len(body) > limit) and not _may_hold_surrogates(body):
+        return None
     try:
         size = len(to_json((args, kwargs)))
     except (PydanticSerializationError, UnicodeError) as exc:
