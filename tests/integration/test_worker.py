@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from datetime import datetime, timezone
 
 import pytest
 from celery import chain
@@ -164,3 +165,28 @@ def test_the_worker_refuses_what_the_caller_refuses(live_worker: LiveWorker, uni
         live_worker.app.tasks["kit.flaky"].delay(key="x" * (2 * 1024 * 1024), fail_times=0)
     with pytest.raises(ValidationError):
         live_worker.app.tasks["kit.flaky"].delay(key="\ud800", fail_times=0)
+
+
+def test_a_plain_celery_task_keeps_its_arguments_through_a_retry(live_worker: LiveWorker) -> None:
+    stamp = datetime(2026, 12, 1, 9, 30, tzinfo=timezone.utc)
+    result = live_worker.app.tasks["plain.rescale"].delay(1, stamp)
+    foo, bar, kind = result.get(timeout=TIMEOUT)
+    assert foo == 10  # retry(kwargs={"foo": ...}) replaced the positional foo, as in Celery
+    assert kind == "datetime"  # undeclared: kombu's JSON round trip, not a string
+    assert bar == stamp
+    assert live_worker.count("calls", f"rescale:{result.id}") == 2
+
+
+def test_autoretry_keeps_celerys_retry_kwargs_on_a_worker(live_worker: LiveWorker, unique: str) -> None:
+    result = live_worker.app.tasks["plain.autoretry"].delay(unique)
+    with pytest.raises(ConnectionError):
+        result.get(timeout=TIMEOUT)
+    assert live_worker.count("calls", unique) == 3  # retry_kwargs' max_retries=2
+    wait_until(lambda: len(live_worker.events(result.id)) >= 3, timeout=10)
+    events = live_worker.events(result.id)
+    # Two pool processes: an attempt may end before the one that retried it has reported.
+    assert sorted((e["type"], e["final"], e["reason"]) for e in events) == [
+        ("failed", True, "retries exhausted"),
+        ("retrying", False, "retriable error"),
+        ("retrying", False, "retriable error"),
+    ]
