@@ -130,17 +130,19 @@ def test_results_that_are_not_declared_are_not_converted() -> None:
     assert schema.dump_result({1}) == {1}
     assert schema.dump_result(Email(to="a", subject="b")) == {"to": "a", "subject": "b", "body": ""}
 
-    def dated() -> date: ...
+    def dated() -> date:
+        return date(2026, 1, 2)
 
     assert PayloadSchema(dated, bound=False).dump_result(date(2026, 1, 2)) == "2026-01-02"
 
 
 def test_binding_follows_python() -> None:
-    def fn(foo: int, /, bar: int, **extra: int) -> None: ...
+    def fn(foo: int, /, bar: int, **extra: int) -> tuple[int, int, dict[str, int]]:
+        return foo, bar, extra
 
     schema = PayloadSchema(fn, bound=False)
     # Python: foo=10 is not the positional-only foo; it goes to **extra.
-    assert fn(1, foo=10, bar=20) is None
+    assert fn(1, foo=10, bar=20) == (1, 20, {"foo": 10})
     call = schema.validate((1,), {"foo": "10", "bar": "20"})
     assert (call.args, call.kwargs) == ((1,), {"bar": 20, "foo": 10})
     assert schema.to_wire((1,), {"foo": 10, "bar": 20}) == ((1,), {"bar": 20, "foo": 10})

@@ -583,13 +583,13 @@ def plain_app(unique: str) -> Any:
 
 
 def test_retry_merges_args_and_kwargs_as_celery_does(plain_app: Celery) -> None:
-    @plain_app.task(bind=True, shared=False)
+    @plain_app.task(bind=True, shared=False)  # type: ignore[untyped-decorator]
     def scale(self: Any, foo: Any, bar: Any) -> Any:
         if not self.request.retries:
             raise self.retry(kwargs={"foo": foo * 10}, countdown=0)
         return foo, bar
 
-    @plain_app.task(bind=True, shared=False)
+    @plain_app.task(bind=True, shared=False)  # type: ignore[untyped-decorator]
     def shift(self: Any, foo: int, bar: int) -> Any:
         if not self.request.retries:
             raise self.retry(args=(foo * 10,), countdown=0)
@@ -602,7 +602,7 @@ def test_retry_merges_args_and_kwargs_as_celery_does(plain_app: Celery) -> None:
 def test_max_retries_exceeded_carries_the_tasks_arguments(plain_app: Celery) -> None:
     from celery.exceptions import MaxRetriesExceededError
 
-    @plain_app.task(bind=True, shared=False, max_retries=0)
+    @plain_app.task(bind=True, shared=False, max_retries=0)  # type: ignore[untyped-decorator]
     def once(self: Any, a: int, b: int) -> None:
         raise self.retry(countdown=0)
 
@@ -625,7 +625,7 @@ def test_undeclared_values_are_sent_as_celery_sends_them(plain_app: Celery) -> N
 
 
 def test_typing_false_and_strict_typing_false_turn_the_callers_checks_off(plain_app: Celery) -> None:
-    @plain_app.task(shared=False, typing=False)
+    @plain_app.task(shared=False, typing=False)  # type: ignore[untyped-decorator]
     def loose(x: int, y: int) -> None: ...
 
     loose.delay(1)  # Celery sends it; the worker will refuse it
@@ -633,7 +633,7 @@ def test_typing_false_and_strict_typing_false_turn_the_callers_checks_off(plain_
     assert len(published(plain_app)) == 2
     lax = Celery("lax", broker="memory://", task_cls="celery_kit:ValidatedTask", strict_typing=False)
 
-    @lax.task(shared=False)
+    @lax.task(shared=False)  # type: ignore[untyped-decorator]
     def later(x: int) -> None: ...
 
     assert later.typing is False
@@ -641,7 +641,7 @@ def test_typing_false_and_strict_typing_false_turn_the_callers_checks_off(plain_
 
 
 def test_arguments_celery_refuses_keep_celerys_type_error(plain_app: Celery) -> None:
-    @plain_app.task(shared=False)
+    @plain_app.task(shared=False)  # type: ignore[untyped-decorator]
     def add(x: int, y: int) -> int:
         return x + y
 
@@ -652,3 +652,44 @@ def test_arguments_celery_refuses_keep_celerys_type_error(plain_app: Celery) -> 
     with pytest.raises(TypeError, match="unexpected keyword argument 'z'"):
         add.delay(1, 2, z=3)
     assert published(plain_app) == []
+
+
+def test_a_retry_that_does_not_fit_is_not_blamed_on_a_previous_result(app: Celery) -> None:
+    @validated_task(app, shared=False, name="t.reretry", bind=True)
+    def reretry(self: ValidatedTask, n: int) -> None: ...
+
+    reretry.push_request(
+        id="t-1",
+        args=(1,),
+        kwargs={},
+        retries=0,
+        is_eager=False,
+        called_directly=False,
+        parent_id="p-1",
+        root_id="r-1",  # as on a worker: a retry carries the ids too
+    )
+    try:
+        with pytest.raises(ValidationError) as caught:  # refused before anything is sent
+            reretry.retry(kwargs={"n": "not-a-number"}, countdown=0)
+    finally:
+        reretry.pop_request()
+    assert not isinstance(caught.value, PayloadValidationError)  # not "the previous task's result"
+    assert published(app) == []
+
+    class Counted(ValidatedTask):
+        name = "t.counted"
+
+        def run(self, n: int) -> None: ...
+
+    counted = app.register_task(Counted())
+    counted.push_request(
+        id="t-2", args=(1,), kwargs={}, retries=0, is_eager=False, called_directly=False,
+        parent_id="p-2", root_id="r-2",
+    )  # fmt: skip
+    try:
+        with pytest.raises(Reject) as rejected:  # Celery's retry(): a publish that fails is a Reject
+            counted.retry(args=(), kwargs={}, countdown=0)
+    finally:
+        counted.pop_request()
+    assert isinstance(rejected.value.reason, TypeError)  # the missing n: the call's shape
+    assert not isinstance(rejected.value.reason, PayloadValidationError)

@@ -124,7 +124,7 @@ def build_app(broker_url: str, backend_url: str, queue: str, state_url: str, pre
         raise ConnectionError("still down")
 
     # Written for plain Celery: the kit must leave them as Celery runs them.
-    @app.task(base=ValidatedTask, shared=False, bind=True, name="plain.rescale")
+    @app.task(base=ValidatedTask, shared=False, bind=True, name="plain.rescale")  # type: ignore[untyped-decorator]
     def rescale(self: ValidatedTask, foo, bar):  # type: ignore[no-untyped-def]
         state.incr(f"{prefix}:calls:rescale:{self.request.id}")
         if not self.request.retries:
