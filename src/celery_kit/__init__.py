@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     )
     from ._events import Dispatcher, EventType, FailureKind, RejectReason, TaskEvent, dispatcher_for
     from ._instrument import Instrumentation, instrument
+    from ._observer import Observer
     from ._payload import ArgumentsError
     from ._retry import RetryPolicy
     from ._task import (
@@ -50,6 +51,7 @@ __all__ = [
     "EventType",
     "FailureKind",
     "Instrumentation",
+    "Observer",
     "PayloadTooLargeError",
     "PayloadValidationError",
     "PermanentError",
@@ -80,6 +82,7 @@ _EXPORTS = {
     "dispatcher_for": "._events",
     "Instrumentation": "._instrument",
     "instrument": "._instrument",
+    "Observer": "._observer",
     "RetryPolicy": "._retry",
     "DEFAULT_MAX_PAYLOAD_BYTES": "._task",
     "FIRST_ATTEMPT_HEADER": "._task",

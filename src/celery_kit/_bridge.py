@@ -29,6 +29,7 @@ cannot decode, and a few malformed envelopes crash its consumer outright.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from _thread import get_ident
@@ -58,10 +59,13 @@ from ._events import (
 __all__ = [
     "PUBLISHED_AT_HEADER",
     "MessageGuard",
+    "connect_process_receivers",
     "connect_task_receivers",
     "envelope_problem",
     "report_rejected_message",
 ]
+
+logger = logging.getLogger("celery_kit")
 
 #: Message header with the wall-clock publish time, for the queue-wait measurement.
 PUBLISHED_AT_HEADER = "celery_kit_published_at"
@@ -544,3 +548,53 @@ def connect_task_receivers() -> None:
     """
     signals.task_prerun.connect(_on_prerun, weak=False, dispatch_uid="celery_kit.prerun")
     signals.task_postrun.connect(_on_postrun, weak=False, dispatch_uid="celery_kit.postrun")
+
+
+# -- process lifecycle ---------------------------------------------------------------------------
+
+
+def _process_observers(app: Any) -> tuple[Any, ...]:
+    dispatcher = _dispatcher_of_app(app)
+    if dispatcher is None:
+        return ()
+    return tuple(o for o in dispatcher.observers if getattr(o, "observes_processes", False))
+
+
+def _call_hooks(observers: tuple[Any, ...], hook: str, *args: Any) -> None:
+    for observer in observers:
+        try:
+            getattr(observer, hook)(*args)
+        except Exception:
+            logger.exception("celery_kit observer %r failed in %s", observer, hook)
+
+
+def _on_worker_init(sender: Any = None, **_: Any) -> None:
+    _call_hooks(_process_observers(getattr(sender, "app", None)), "on_worker_init", sender)
+
+
+def _on_beat_init(sender: Any = None, **_: Any) -> None:
+    _call_hooks(_process_observers(getattr(sender, "app", None)), "on_beat_init", sender)
+
+
+def _on_process_init(**_: Any) -> None:
+    # A pool process serves the one app its worker runs; the signal names none.
+    for app in known_apps():
+        _call_hooks(_process_observers(app), "on_process_init")
+
+
+def _on_process_shutdown(**_: Any) -> None:
+    for app in known_apps():
+        _call_hooks(_process_observers(app), "on_process_shutdown")
+
+
+def connect_process_receivers() -> None:
+    """Connect the process-lifecycle receivers (idempotent); done when an observer with
+    process hooks subscribes."""
+    signals.worker_init.connect(_on_worker_init, weak=False, dispatch_uid="celery_kit.observer_worker_init")
+    signals.beat_init.connect(_on_beat_init, weak=False, dispatch_uid="celery_kit.observer_beat_init")
+    signals.worker_process_init.connect(
+        _on_process_init, weak=False, dispatch_uid="celery_kit.observer_process_init"
+    )
+    signals.worker_process_shutdown.connect(
+        _on_process_shutdown, weak=False, dispatch_uid="celery_kit.observer_process_shutdown"
+    )
