@@ -277,14 +277,16 @@ class ValidatedTask(celery.Task):  # type: ignore[misc]
     ) -> Any:
         """Validate and dump the payload, then publish; nothing is sent if it is invalid.
 
-        Celery's own checks come first and keep their errors (``TypeError`` for a call of
-        the wrong shape, unless ``typing=False``); the payload is validated on top. The
+        A call of the wrong shape raises :class:`~celery_kit.ArgumentsError`, both a
+        ``TypeError`` (as Celery's own argument check raises) and a
+        ``pydantic.ValidationError``; ``typing=False`` turns the caller's checks off, as in
+        Celery. A task that declares no types keeps Celery's own check and errors. The
         steps a chain, chord or callback will run next are checked before anything is
         published.
 
         Raises:
-            TypeError: the call does not fit the task's signature (Celery's check), or
-                ``args``/``kwargs`` are not a list or a mapping.
+            TypeError: ``args``/``kwargs`` are not a list or a mapping (Celery's error), or
+                the call does not fit the signature (an ``ArgumentsError``).
             pydantic.ValidationError: the payload does not fit the task's signature.
             PayloadTooLargeError: the JSON payload is above the cap.
             ConfigurationError: a serializer other than JSON was asked for.
@@ -300,11 +302,7 @@ class ValidatedTask(celery.Task):  # type: ignore[misc]
                 )
             converts = schema.validates or self._celery_kit_decorated
             if self.typing:
-                if converts:
-                    if schema.model is None:
-                        header = getattr(self, "__header__", None)
-                        if header is not None:
-                            header(*(args or ()), **(kwargs or {}))  # Celery's TypeError, unchanged
+                if converts:  # a wrong call's shape: ArgumentsError, a TypeError as in Celery
                     args, kwargs = self._checked_wire(schema, args, kwargs, options)
                 if "parent_id" not in options:  # the caller, not Celery's tracer handing on
                     try:

@@ -21,8 +21,11 @@ def test_a_users_observer_on_a_prefork_worker(redis_url: str, unique: str) -> No
     state = redis.Redis.from_url(redis_url)
     ledger_key = f"{prefix}:ledger"
 
+    def raw() -> list[str]:
+        return [e.decode() if isinstance(e, bytes) else str(e) for e in state.lrange(ledger_key, 0, -1)]
+
     def entries() -> list[str]:
-        return [e.decode().split("@")[0] for e in state.lrange(ledger_key, 0, -1)]
+        return [e.split("@")[0] for e in raw()]
 
     worker = WorkerProcess(
         "tests.integration.user_observer_app",
@@ -50,7 +53,7 @@ def test_a_users_observer_on_a_prefork_worker(redis_url: str, unique: str) -> No
         assert seen.count(f"succeeded:{ok.id}") == 1
         assert seen.count(f"failed:{bad.id}:permanent:True") == 1
         # Task hooks ran in pool processes, worker_init in the main process.
-        pids = {e.decode().split("@")[1] for e in state.lrange(ledger_key, 0, -1) if b"init" in e}
+        pids = {e.split("@")[1] for e in raw() if "init" in e}
         assert len(pids) == 3
     finally:
         state.delete(ledger_key)
