@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import json
 import logging
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -22,18 +21,6 @@ from celery_kit.logging import (
     configure_logging,
     propagate_context,
 )
-
-
-@pytest.fixture
-def stream() -> Iterator[io.StringIO]:
-    out = io.StringIO()
-    configure_logging(json=True, level="INFO", stream=out)
-    yield out
-    root = logging.getLogger()
-    for handler in [h for h in root.handlers if getattr(h, "_celery_kit_handler", False)]:
-        root.removeHandler(handler)
-    structlog.reset_defaults()
-    structlog.contextvars.clear_contextvars()
 
 
 def lines(stream: io.StringIO) -> list[dict[str, Any]]:

@@ -13,7 +13,9 @@
   chain keeps one ``correlation_id`` end to end.
 
 Payload values are never logged unless a task opts in with ``log_payload=True``; even
-then ``SecretStr``/``SecretBytes`` fields are masked.
+then secrets are masked by the kit's one redactor (``SecretStr``/``SecretBytes`` fields,
+fields named like a password, token or key, URL passwords), as in alerts and
+``celery kit config``.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ except ImportError:  # not built for every interpreter (PyPy): the standard libr
 
 from ._events import EventType, FailureKind, TaskEvent, request_value
 from ._payload import PayloadSchema
+from ._redact import redact
 
 __all__ = [
     "CONTEXT_HEADER",
@@ -521,7 +524,7 @@ class LoggingObserver:
         if not getattr(event.task, "log_payload", False) or event.request is None:
             return None
         payload = request_value(event.request, "_celery_kit_payload")
-        return None if payload is None else PayloadSchema.dump_result(payload)
+        return None if payload is None else redact(PayloadSchema.dump_result(payload))
 
 
 def _configure_worker_logging(
