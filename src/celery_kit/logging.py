@@ -33,6 +33,7 @@ from typing import IO, Any, TextIO, cast
 
 import structlog
 from celery import signals
+from celery.utils.log import LoggingProxy
 
 try:
     import orjson as _orjson
@@ -539,6 +540,10 @@ def _configure_worker_logging(
     stream: IO[str] | None = None
     if logfile:
         stream = open(logfile, "a", encoding="utf-8", buffering=1)  # noqa: SIM115 -- lives with the process
+    elif isinstance(sys.stderr, LoggingProxy):
+        # Standard error is already redirected into logging (worker_redirect_stdouts):
+        # writing log lines there would feed them back into logging.
+        stream = sys.__stderr__
     json = _worker_json
     if json is None:  # what configure_logging() picks: JSON unless the stream is a terminal
         target = stream or sys.stderr
