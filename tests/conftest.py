@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import logging
 import os
 import socket
 import uuid
@@ -11,8 +13,11 @@ from urllib.parse import urlsplit
 
 import pytest
 import redis
+import structlog
 from celery import Celery
 from kombu.message import Message
+
+from celery_kit.logging import configure_logging
 
 from ._brokers import PrivateRabbit
 
@@ -110,3 +115,16 @@ def published(app: Celery) -> list[Message]:
                 break
         queue.close()
     return messages
+
+
+@pytest.fixture
+def stream() -> Iterator[io.StringIO]:
+    """The kit's JSON logging, into a string; the handler and structlog reset afterwards."""
+    out = io.StringIO()
+    configure_logging(json=True, level="INFO", stream=out)
+    yield out
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if getattr(h, "_celery_kit_handler", False)]:
+        root.removeHandler(handler)
+    structlog.reset_defaults()
+    structlog.contextvars.clear_contextvars()

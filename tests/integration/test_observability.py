@@ -58,8 +58,8 @@ class Observed:
         return json_lines(self.worker.log())
 
 
-def _start(pool: str, redis_url: str) -> tuple[Observed, str]:
-    prefix = f"kit-{RUN_ID}-obs-{pool}"
+def _start(pool: str, redis_url: str, name: str = "") -> tuple[Observed, str]:
+    prefix = f"kit-{RUN_ID}-obs-{pool}{name}"
     queue = f"{prefix}-q"
     port = free_port()
     app = build_app(redis_url, queue, port, redis_url, prefix)
@@ -193,6 +193,37 @@ def test_worker_logs_are_json_lines_with_context_from_the_producer(prefork: Obse
     for task_id in (workflow.parent.id, workflow.id):
         assert {line["correlation_id"] for line in of(task_id)} == {"corr-42"}
         assert {line["root_id"] for line in of(task_id)} == {workflow.parent.id}
+
+
+#: What Celery writes straight to the terminal, past logging (docs/observability.md).
+NOT_JSON = ("", "worker: Warm shutdown (MainProcess)")
+
+
+def test_every_line_a_json_worker_writes_is_a_json_object(redis_url: str) -> None:
+    observed, queue = _start("prefork", redis_url, "-json")  # not the module's worker
+    try:
+        assert observed.app.tasks["obs.noisy"].delay("n-1").get(timeout=TIMEOUT) == "n-1"
+        wait_for(lambda: "noisy warning n-1" in observed.worker.log())
+    finally:
+        observed.worker.stop()
+        with observed.app.connection_for_write() as conn:
+            conn.default_channel.queue_delete(queue)
+    text = observed.worker.log()
+    observed.worker.remove_log()
+    plain = [line for line in text.splitlines() if not line.startswith("{")]
+    assert plain == list(NOT_JSON), plain
+    lines = json_lines(text)
+    assert len(lines) == len(text.splitlines()) - len(plain)  # every "{" line is one JSON object
+
+    (banner,) = [line for line in lines if line["event"] == "worker starting"]
+    assert banner["queues"] == [queue]
+    assert {"obs.ok", "obs.noisy"} <= set(banner["tasks"])
+    assert banner["pool"] == "celery.concurrency.prefork"
+    assert banner["broker"].startswith("redis://")
+    (warned,) = [line for line in lines if "noisy warning n-1" in line["event"]]
+    assert (warned["logger"], warned["level"]) == ("py.warnings", "warning")
+    (printed,) = [line for line in lines if line["event"] == "noisy print n-1"]
+    assert printed["logger"] == "celery.redirected"
 
 
 def test_hard_limit_and_invalid_payload_are_logged_with_their_classification(prefork: Observed) -> None:
