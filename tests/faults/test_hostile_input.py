@@ -6,7 +6,7 @@
 * **Worker** (a real prefork worker, concurrency 2, the ``reliable`` preset's late acks,
   on Redis and on RabbitMQ): raw messages published around the kit with kombu -- bad
   JSON, refused content types, pickle, an unknown task, missing headers, malformed
-  bodies, an oversize body, args instead of kwargs. After each one the worker is alive
+  bodies, a body above the payload cap, args instead of kwargs. After each one the worker is alive
   and runs a good task, the message is settled exactly once (the queue is empty, no
   unacknowledged copy is left, nothing comes back after a wait), the task body never
   ran and was attempted at most once, a log line names the problem and a metric counts it.
@@ -468,10 +468,10 @@ CASES = [
         "key",
     ),
     Case(
-        "oversize-body",
+        "oversize-body",  # above the cap: refused before any task runs, as the caller refuses it
         lambda key, _: RawMessage(body(kwargs={"key": key, "note": "x" * 1_000_000}), task_headers()),
-        None,
-        "note",
+        "invalid_message",
+        "-byte cap",
     ),
 ]
 
