@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from ._errors import (
         CeleryKitError,
         ConfigurationError,
+        MessageRejectedError,
         PayloadTooLargeError,
         PayloadValidationError,
         PermanentError,
@@ -46,6 +47,7 @@ __all__ = [
     "EventType",
     "FailureKind",
     "Instrumentation",
+    "MessageRejectedError",
     "PayloadTooLargeError",
     "PayloadValidationError",
     "PermanentError",
@@ -63,6 +65,7 @@ __all__ = [
 _EXPORTS = {
     "CeleryKitError": "._errors",
     "ConfigurationError": "._errors",
+    "MessageRejectedError": "._errors",
     "PayloadTooLargeError": "._errors",
     "PayloadValidationError": "._errors",
     "PermanentError": "._errors",
