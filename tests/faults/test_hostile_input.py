@@ -40,6 +40,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 from celery_kit import (
     ConfigurationError,
     EventType,
+    MessageRejectedError,
     PayloadTooLargeError,
     TaskEvent,
     ValidatedTask,
@@ -461,6 +462,103 @@ CASES = [
         "invalid_message",
         "kwargs (body[1]) must be an object",
     ),
+    # Headers Celery 5.7 parses before any task runs, unchecked (issue 15): each of these
+    # crashed or misled the worker before the guard checked it.
+    Case(
+        "timelimit-not-numbers",
+        lambda key, _: RawMessage(body(kwargs={"key": key}), task_headers(timelimit=["abc", "xyz"])),
+        "invalid_message",
+        "'timelimit' header",
+    ),
+    Case(
+        "timelimit-numeric-strings",
+        lambda key, _: RawMessage(body(kwargs={"key": key}), task_headers(timelimit=["10", "5"])),
+        "invalid_message",
+        "'timelimit' header",
+    ),
+    Case(
+        "timelimit-three-items",
+        lambda key, _: RawMessage(body(kwargs={"key": key}), task_headers(timelimit=[1, 2, 3])),
+        "invalid_message",
+        "'timelimit' header",
+    ),
+    Case(
+        "eta-empty",
+        lambda key, _: RawMessage(body(kwargs={"key": key}), task_headers(eta="")),
+        "invalid_message",
+        "'eta' header",
+    ),
+    Case(
+        "eta-not-a-date",
+        lambda key, _: RawMessage(body(kwargs={"key": key}), task_headers(eta="tomorrow")),
+        "invalid_message",
+        "'eta' header",
+    ),
+    Case(
+        "eta-out-of-range",
+        lambda key, _: RawMessage(body(kwargs={"key": key}), task_headers(eta="9999-12-31T23:59:59-23:00")),
+        "invalid_message",
+        "'eta' header",
+    ),
+    Case(
+        "expires-a-number",
+        lambda key, _: RawMessage(body(kwargs={"key": key}), task_headers(expires=12)),
+        "invalid_message",
+        "'expires' header",
+    ),
+    Case(
+        "retries-not-a-number",
+        lambda key, _: RawMessage(body(kwargs={"key": key}), task_headers(retries="abc")),
+        "invalid_message",
+        "'retries' header",
+    ),
+    Case(
+        "ignore-result-a-string",
+        lambda key, _: RawMessage(body(kwargs={"key": key}), task_headers(ignore_result="no")),
+        "invalid_message",
+        "'ignore_result' header",
+    ),
+    Case(
+        "root-id-a-list",
+        lambda key, _: RawMessage(body(kwargs={"key": key}), task_headers(root_id=["x"])),
+        "invalid_message",
+        "'root_id' header",
+    ),
+    Case(
+        "stamped-headers-not-names",
+        lambda key, _: RawMessage(body(kwargs={"key": key}), task_headers(stamped_headers=[{}], stamps={})),
+        "invalid_message",
+        "'stamped_headers' header",
+    ),
+    Case(
+        "errbacks-not-signatures",
+        lambda key, _: RawMessage(
+            body(kwargs={"key": key}, embed={"errbacks": ["hostile.count"]}), task_headers()
+        ),
+        "invalid_message",
+        "'errbacks'",
+    ),
+    Case(
+        "kit-attribute-header",
+        lambda key, _: RawMessage(body(kwargs={"key": key}), task_headers(_celery_kit_outcome="x")),
+        "invalid_message",
+        "celery_kit",
+    ),
+    Case(
+        "argsrepr-oversize",
+        lambda key, _: RawMessage(body(kwargs={"key": key}), task_headers(argsrepr="x" * 70_000)),
+        "invalid_message",
+        "'argsrepr' header",
+    ),
+    Case(
+        "depth-5000-nesting",
+        lambda key, _: RawMessage(
+            b'[[], {"key": "' + key.encode() + b'", "note": ' + b"[" * 5000 + b"]" * 5000 + b"}, {}]",
+            task_headers(),
+        ),
+        "decode_error",
+        "DecodeError",
+    ),
     Case(
         "args-instead-of-kwargs",
         lambda key, _: RawMessage(body(args=[{"key": key, "note": "x"}]), task_headers()),
@@ -593,7 +691,7 @@ def test_a_raw_message_is_settled_once_logged_and_counted_and_the_worker_carries
     # The worker is up and still works.
     assert hostile.worker.process is not None
     assert hostile.worker.process.poll() is None, hostile.worker.log()[-3000:]
-    good = hostile.app.tasks["hostile.count"].delay(key=f"good-{key}")
+    good = hostile.app.tasks["hostile.count"].delay(key=f"good-{uuid.uuid4().hex}")
     assert good.get(timeout=TIMEOUT) == 1
 
     # Settled exactly once: nothing waiting, nothing held, nothing coming back.
@@ -622,10 +720,17 @@ def test_a_raw_message_is_settled_once_logged_and_counted_and_the_worker_carries
 
     if case.name == "pickle-content-type":
         assert not (tmp_path / "pwned").exists(), "the worker unpickled a message"
-    if case.name == "unknown-task-name":
-        assert task_id is not None
-        # Celery tells the producer through the result backend, too.
-        assert hostile.app.AsyncResult(task_id).state == "FAILURE"
+    if case.reason is not None and task_id is not None:
+        # The caller learns at once why its task never ran: a typed FAILURE result.
+        result = hostile.app.AsyncResult(task_id)
+        with pytest.raises(MessageRejectedError) as refused:
+            result.get(timeout=TIMEOUT)
+        assert result.state == "FAILURE"
+        assert refused.value.reason == case.reason
+        assert refused.value.task_name == message.headers["task"]
+        assert "fix the producer" in str(refused.value)
+    # Celery's own lines for refused messages used to dump the body (issue 15).
+    assert key not in hostile.worker.log()[log_from:]
 
 
 # -- secrets -------------------------------------------------------------------------------------
