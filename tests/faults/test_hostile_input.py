@@ -806,19 +806,22 @@ def test_secret_values_appear_in_no_log_alert_metric_result_or_config(
     try:
         ok = app.tasks["hostile.login"].delay(user="ann", api_key=secret)
         failing = app.tasks["hostile.locked"].delay(user="bob", api_key=secret)
+        leaky = app.tasks["hostile.leaky"].delay(user="cy", api_key=secret)
         # Around the caller: an invalid payload that carries the secret to the worker.
         invalid = app.send_task("hostile.login", kwargs={"user": ["not", "a", "name"], "api_key": secret})
         assert ok.get(timeout=TIMEOUT) == {"user": "ann", "token": "**********"}
-        for result in (failing, invalid):
+        for result in (failing, invalid, leaky):
             result.get(timeout=TIMEOUT, propagate=False)
             assert result.state == "FAILURE"
         alerts = captured_alerts.wait_for(
-            lambda a: {x.task_name for x in a} >= {"hostile.locked", "hostile.login"}, timeout=TIMEOUT
+            lambda a: {x.task_name for x in a} >= {"hostile.locked", "hostile.login", "hostile.leaky"},
+            timeout=TIMEOUT,
         )
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
             metrics_text = response.read().decode()
-        results = [state.get(f"celery-task-meta-{r.id}") or b"" for r in (ok, failing, invalid)]
+        results = [state.get(f"celery-task-meta-{r.id}") or b"" for r in (ok, failing, invalid, leaky)]
         wait_until(lambda: "task payload invalid" in worker.log(), what="the invalid payload's log line")
+        wait_until(lambda: "bad token" in worker.log(), what="Celery's and the kit's failure lines")
         log = worker.log()
         config_text = _kit_config(secret)
         config_json = _kit_config(secret, "--json", "--all")
@@ -837,6 +840,14 @@ def test_secret_values_appear_in_no_log_alert_metric_result_or_config(
     assert 'task="hostile.login"' in metrics_text
     assert all(results)
     assert b"PayloadValidationError" in results[2]
+    # The secret the task pasted into its error is masked in every copy (issue 15): the
+    # stored exception and traceback, the alert, the kit's and Celery's log lines.
+    assert isinstance(leaky.result, ValueError)
+    assert str(leaky.result) == "bad token **********"
+    assert b"no session for **********" in results[3]  # the chained cause, in the traceback
+    leaked = next(a for a in alerts if a.task_name == "hostile.leaky")
+    assert leaked.exception_message == "bad token **********"
+    assert any(line.get("exception_message") == "bad token **********" for line in lines)
     assert "broker_url" in config_text
     assert "********" in config_text
     assert '"broker_url"' in config_json
