@@ -39,18 +39,19 @@ def refused_task(message: Any, name: Any = None, task_id: Any = None) -> tuple[s
     Read from the protocol-2 headers, else from a protocol-1 body (decoded by Celery
     already, and cached by kombu; a refused content type is never decoded).
     """
-    source = getattr(message, "headers", None)
-    if not isinstance(source, dict) or "task" not in source:
+    headers = getattr(message, "headers", None)
+    headers = headers if isinstance(headers, dict) else {}
+    body: Any = {}
+    if "task" not in headers:
         try:  # protocol 1; kombu refuses a content type outside accept_content undecoded
-            source = message.payload
+            body = message.payload
         except Exception:
-            source = None
-        if not isinstance(source, dict):
-            source = {}
+            body = {}
+        body = body if isinstance(body, dict) else {}
     if name is None:
-        name = source.get("task")
+        name = headers.get("task", body.get("task"))
     if task_id is None:
-        task_id = source.get("id")
+        task_id = headers.get("id", body.get("id"))
     return (
         name if isinstance(name, str) else None,
         task_id if isinstance(task_id, str) and len(task_id) <= MAX_ID_LENGTH else None,

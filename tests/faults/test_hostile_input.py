@@ -861,3 +861,143 @@ def test_secret_values_appear_in_no_log_alert_metric_result_or_config(
         assert secret.encode() not in value
     assert secret not in config_text
     assert secret not in config_json
+
+
+# -- generated envelopes: Hypothesis against the same real worker --------------------------------
+
+#: Every header Celery's worker reads, plus the embed keys it also takes from headers.
+CELERY_HEADERS = (
+    "task", "id", "shadow", "eta", "expires", "group", "group_index", "retries", "timelimit",
+    "root_id", "parent_id", "argsrepr", "kwargsrepr", "origin", "ignore_result",
+    "replaced_task_nesting", "stamped_headers", "stamps", "headers", "callbacks", "errbacks",
+    "chain", "chord", "lang", "countdown", "priority", "delivery_info", "reply_to",
+    "correlation_id", "is_eager", "_celery_kit_outcome", "celery_kit_first_attempt",
+    "celery_kit_published_at", "celery_kit_context",
+)  # fmt: skip
+#: AMQP tables carry signed 64-bit integers: stay inside, so every envelope can be published.
+header_ints = st.integers(-(2**62), 2**62)
+header_scalars = (
+    st.none()
+    | st.booleans()
+    | header_ints
+    | st.floats()
+    | st.text(max_size=30)
+    | st.sampled_from(["", "2020-01-01T00:00:00", "2020-01-01T00:00:00+00:00", "9999-12-31T23:59:59-23:00"])
+    | st.integers(1_000, 200_000).map(lambda n: "h" * n)  # oversized
+)
+header_values = st.recursive(
+    header_scalars,
+    lambda children: (
+        st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=8), children, max_size=3)
+    ),
+    max_leaves=8,
+) | st.tuples(header_scalars, header_scalars).map(list)  # two-item lists: timelimit's shape
+header_changes = st.dictionaries(
+    st.sampled_from(CELERY_HEADERS) | st.text(min_size=1, max_size=20), header_values, max_size=4
+)
+CONTENT_TYPES = st.sampled_from(
+    [
+        ("application/json", "utf-8"),
+        ("application/json", "utf-8"),
+        ("application/json", "utf-8"),
+        ("application/x-python-serialize", "binary"),
+        ("application/x-yaml", "utf-8"),
+        ("application/x-msgpack", "binary"),
+        ("application/data", "binary"),
+        ("text/plain", "utf-8"),
+    ]
+)
+
+
+def _shaped_body(key: str, shape: str, filler: Any, depth: int) -> bytes:
+    kwargs: dict[str, Any] = {"key": key}
+    if shape == "valid":
+        return body(kwargs=kwargs)
+    if shape == "embed":
+        return json.dumps([[], kwargs, filler]).encode()
+    if shape == "args":
+        return json.dumps([filler, kwargs, {}]).encode()
+    if shape == "junk":
+        return json.dumps(filler).encode()
+    if shape == "deep":
+        return b'[[], {"key": "' + key.encode() + b'", "note": ' + b"[" * depth + b"]" * depth + b"}, {}]"
+    if shape == "bytes":
+        return os.urandom(depth % 64)
+    return body(kwargs={**kwargs, "note": "n" * depth * 40})  # "huge": above the note's max_length
+
+
+@dataclass(frozen=True)
+class Envelope:
+    message: RawMessage
+    key: str
+
+
+@st.composite
+def envelopes(draw: st.DrawFn) -> Envelope:
+    key = f"gen-{uuid.uuid4().hex}"
+    count = st.just("hostile.count")
+    task = draw(st.one_of(count, count, count, st.just("hostile.unknown"), st.text(max_size=12)))
+    headers = task_headers(task)
+    headers.update(draw(header_changes))
+    for name in draw(st.lists(st.sampled_from(["id", "task", "root_id", "timelimit"]), max_size=2)):
+        headers.pop(name, None)
+    shape = draw(st.sampled_from(["valid", "valid", "embed", "args", "junk", "deep", "bytes", "huge"]))
+    filler = draw(header_values)
+    depth = draw(st.sampled_from([3, 50, 500, 5000]))
+    content_type, encoding = draw(CONTENT_TYPES)
+    raw = _shaped_body(key, shape, filler, depth)
+    event(f"shape={shape} content_type={content_type}")
+    return Envelope(RawMessage(raw, headers, content_type, encoding), key)
+
+
+READY = frozenset({"SUCCESS", "FAILURE", "REVOKED"})
+
+
+@pytest.mark.integration
+@settings(
+    max_examples=50,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.large_base_example],
+)
+@given(envelope=envelopes())
+def test_no_generated_envelope_stops_the_worker_or_leaves_its_caller_waiting(
+    hostile: HostileWorker, envelope: Envelope
+) -> None:
+    """Whatever the envelope: the worker stays up and runs the next good message; the body
+    runs at most once, and never for a refused message; a refused message naming a task
+    id gets a FAILURE result with a MessageRejectedError (issue 15)."""
+    message = envelope.message
+    raw_id = message.headers.get("id")
+    task_id = raw_id if isinstance(raw_id, str) and 0 < len(raw_id) <= 1024 else None
+    rejected_before = hostile.metric(REJECTED)
+    hostile.publish(message)
+
+    # The worker is up and still works: the next good message runs.
+    good = hostile.app.tasks["hostile.count"].delay(key=f"good-{uuid.uuid4().hex}")
+    assert good.get(timeout=TIMEOUT) == 1, hostile.worker.log()[-3000:]
+    assert hostile.worker.process is not None
+    assert hostile.worker.process.poll() is None, hostile.worker.log()[-3000:]
+
+    result = hostile.app.AsyncResult(task_id) if task_id is not None else None
+
+    def settled() -> bool:
+        if result is None:  # no usable id: refused, or run and counted by its key
+            return hostile.metric(REJECTED) > rejected_before or hostile.count("runs", envelope.key) > 0
+        return result.state in READY or hostile.count("attempts", result.id) > 0
+
+    wait_until(settled, what=f"the message {message.headers!r:.300} to be refused or run")
+    runs = hostile.count("runs", envelope.key)
+    assert runs <= 1, "the body ran twice"
+    if result is None:
+        return
+    attempts = hostile.count("attempts", result.id)
+    assert attempts <= 1, "the message was delivered twice"
+    if attempts == 0 and result.state != "REVOKED":  # refused before any task ran
+        wait_until(lambda: result.state == "FAILURE", what="the refusal's FAILURE result")
+        assert isinstance(result.result, MessageRejectedError), result.result
+        assert runs == 0
+        event(f"refused: {result.result.reason}")
+    elif isinstance(result.result, MessageRejectedError):
+        raise AssertionError(f"a message both refused and attempted: {result.result}")
+    else:
+        event(f"accepted: {result.state}")
