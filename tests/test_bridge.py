@@ -11,7 +11,7 @@ import pytest
 from celery import Celery, signals
 from celery.app.task import Context
 from celery.exceptions import InvalidTaskError
-from kombu import Queue
+from kombu.entity import Queue
 from kombu.exceptions import ContentDisallowed
 from pydantic import ValidationError
 
@@ -294,6 +294,10 @@ ENVELOPES = [
     (_message([[], {}, {"callbacks": "b.known"}], _headers()), "'callbacks'"),
     (_message([[], {}, {"chain": [{"task": 1}]}], _headers()), "'chain'"),
     (_message([[], {}, {"chord": []}], _headers()), "'chord'"),
+    (_message([[], {}, {"chain": [{"task": "b.known"}]}], _headers()), "'options'"),
+    (_message([[], {}, {"callbacks": [{"task": "b.known", "args": 5}]}], _headers()), "'args'"),
+    (_message(b'[[], {}, {"errbacks": [{"task": "b.known", "kwargs": []}]}]', _headers()), "'kwargs'"),
+    (_message(b"[[], {}, {}]", _headers(timelimit=[10**400, None])), "'timelimit' header"),
     (_message({"args": [], "kwargs": {}, "eta": ""}, _headers()), "'eta' header"),  # hybrid
     (_message({"task": "b.known", "id": "x", "args": [], "retries": "1"}, {}), "'retries' header"),
     # ... and what Celery's own producers send stays accepted.
@@ -313,9 +317,9 @@ ENVELOPES = [
                 [],
                 {},
                 {
-                    "callbacks": [{"task": "b.known", "args": []}],
+                    "callbacks": [{"task": "b.known", "args": [], "kwargs": {}, "options": {}}],
                     "errbacks": None,
-                    "chain": [],
+                    "chain": [{"task": "b.known", "args": [1], "options": {"task_id": "c"}}],
                     "chord": None,
                 },
             ],
@@ -367,13 +371,14 @@ def _delivered(app: Celery, body: bytes, headers: Any, content_type: str = "appl
             body,
             exchange="",
             routing_key=queue_name,
-            declare=[Queue(queue_name)],
+            declare=[Queue(queue_name)],  # type: ignore[no-untyped-call]
             content_type=content_type,
             content_encoding="utf-8",
             headers=headers,
         )
     conn = app.connection_for_read()
-    message = Queue(queue_name).bind(conn.default_channel).get(accept=["application/json"])
+    queue = Queue(queue_name).bind(conn.default_channel)  # type: ignore[no-untyped-call]
+    message = queue.get(accept=["application/json"])
     assert message is not None
     return message
 

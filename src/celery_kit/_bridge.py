@@ -467,7 +467,10 @@ class MessageGuard(bootsteps.Step):  # type: ignore[misc]
             known_tasks = consumer.strategies  # updated in place on every reconnect
 
             def on_task_received(message: Any) -> Any:
-                problem = envelope_problem(message, known_tasks)
+                try:
+                    problem = envelope_problem(message, known_tasks)
+                except Exception as exc:  # a check that fails must not stop the consumer
+                    problem = f"the envelope could not be checked ({type(exc).__name__}: {exc})"
                 if problem is not None:
                     return on_invalid_task(None, message, InvalidTaskError(problem))
                 return handler(message)

@@ -88,8 +88,12 @@ def _seconds(value: Any) -> str | None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return f"limits must be numbers of seconds or null, not {_type_name(value)}"
-    if not math.isfinite(value) or value < 0:
-        return f"limits must be finite and not negative, not {value!r}"
+    try:
+        seconds = float(value)  # what kombu's timer does with it
+    except OverflowError:
+        return "limits must be numbers of seconds a float can hold"
+    if not math.isfinite(seconds) or seconds < 0:
+        return f"limits must be finite and not negative, not {_short(value)}"
     return None
 
 
@@ -138,21 +142,36 @@ def _expires(value: Any) -> str | None:
     return None
 
 
-def _signatures(value: Any) -> str | None:
+def _signature_list(*, options_required: bool) -> Check:
     """Callbacks, errbacks, a chain: lists of signature mappings naming their task.
 
     Celery turns each into a signature after (or, for errbacks, instead of) the task; a
-    string there is published as a task *named* by that string.
+    string there is published as a task *named* by that string. A failing task's chain is
+    failed element by element through each one's ``options`` (in the worker's main
+    process, for a hard time limit), so a chain element must carry them.
     """
-    if value is None:
+
+    def check(value: Any) -> str | None:
+        if value is None:
+            return None
+        if not isinstance(value, (list, tuple)):
+            return f"must be a list of task signatures or null, not {_type_name(value)}"
+        for item in value:
+            problem = _signature(item)
+            if problem is None and options_required and not isinstance(item.get("options"), dict):
+                problem = "each chained signature must carry an 'options' object"
+            if problem is not None:
+                return problem
         return None
-    if not isinstance(value, (list, tuple)):
-        return f"must be a list of task signatures or null, not {_type_name(value)}"
-    for item in value:
-        problem = _signature(item)
-        if problem is not None:
-            return problem
-    return None
+
+    return check
+
+
+_SIGNATURE_PARTS: dict[str, type | tuple[type, ...]] = {
+    "args": (list, tuple),
+    "kwargs": dict,
+    "options": dict,
+}
 
 
 def _signature(value: Any) -> str | None:
@@ -162,7 +181,15 @@ def _signature(value: Any) -> str | None:
         return f"signatures must be objects, not {_type_name(value)}"
     if not isinstance(value.get("task"), str):
         return f"a signature's 'task' must be a string, not {_type_name(value.get('task'))}"
+    for part, kind in _SIGNATURE_PARTS.items():
+        item = value.get(part)
+        if item is not None and not isinstance(item, kind):
+            return f"a signature's {part!r} must be {'an array' if part == 'args' else 'an object'}"
     return None
+
+
+_signatures = _signature_list(options_required=False)
+_chain = _signature_list(options_required=True)
 
 
 def _mapping(value: Any) -> str | None:
@@ -215,7 +242,7 @@ _HEADER_CHECKS: dict[str, Check] = {
     "headers": _mapping,
     "callbacks": _signatures,
     "errbacks": _signatures,
-    "chain": _signatures,
+    "chain": _chain,
     "chord": _signature,
 }
 
@@ -230,7 +257,7 @@ _PROPERTY_CHECKS: dict[str, Check] = {
 _EMBED_CHECKS: dict[str, Check] = {
     "callbacks": _signatures,
     "errbacks": _signatures,
-    "chain": _signatures,
+    "chain": _chain,
     "chord": _signature,
 }
 
