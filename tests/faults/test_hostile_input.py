@@ -33,7 +33,7 @@ from typing import Annotated, Any
 import pytest
 import redis
 from celery import Celery
-from hypothesis import HealthCheck, event, given, settings
+from hypothesis import HealthCheck, event, given, reject, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
@@ -883,7 +883,7 @@ header_scalars = (
     | st.floats()
     | st.text(max_size=30)
     | st.sampled_from(["", "2020-01-01T00:00:00", "2020-01-01T00:00:00+00:00", "9999-12-31T23:59:59-23:00"])
-    | st.integers(1_000, 200_000).map(lambda n: "h" * n)  # oversized
+    | st.integers(1_000, 70_000).map(lambda n: "h" * n)  # oversized
 )
 header_values = st.recursive(
     header_scalars,
@@ -953,6 +953,16 @@ def envelopes(draw: st.DrawFn) -> Envelope:
 READY = frozenset({"SUCCESS", "FAILURE", "REVOKED"})
 
 
+def _not_finite(value: Any) -> bool:
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    if isinstance(value, dict):
+        return any(_not_finite(item) for item in value.values())
+    if isinstance(value, list):
+        return any(_not_finite(item) for item in value)
+    return False
+
+
 @pytest.mark.integration
 @settings(
     max_examples=50,
@@ -967,6 +977,12 @@ def test_no_generated_envelope_stops_the_worker_or_leaves_its_caller_waiting(
     runs at most once, and never for a refused message; a refused message naming a task
     id gets a FAILURE result with a MessageRejectedError (issue 15)."""
     message = envelope.message
+    if hostile.broker.startswith("amqp") and (
+        _not_finite(message.headers) or len(json.dumps(message.headers, default=str)) > 100_000
+    ):
+        # Unpublishable: RabbitMQ refuses NaN and infinities in headers (INTERNAL_ERROR), and
+        # headers above its frame size (128 KiB) -- no worker ever sees such a message.
+        reject()
     raw_id = message.headers.get("id")
     task_id = raw_id if isinstance(raw_id, str) and 0 < len(raw_id) <= 1024 else None
     rejected_before = hostile.metric(REJECTED)
