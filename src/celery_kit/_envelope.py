@@ -49,6 +49,8 @@ def _type_name(value: Any) -> str:
 
 def _text(limit: int, *, optional: bool = True) -> Check:
     def check(value: Any) -> str | None:
+        if type(value) is str and len(value) <= limit:
+            return None
         if value is None and optional:
             return None
         if not isinstance(value, str):
@@ -101,6 +103,8 @@ def _timelimit(value: Any) -> str | None:
     """``[hard, soft]``: the prefork pool feeds both to kombu's timer and subtracts them."""
     if value is None or (isinstance(value, (list, tuple)) and not value):
         return None  # Celery: no limits from the message, the task's own apply
+    if value == [None, None]:
+        return None  # what Celery's producer sends without limits: the common case
     if not isinstance(value, (list, tuple)) or len(value) != 2:
         shape = f"{len(value)} items" if isinstance(value, (list, tuple)) else _type_name(value)
         return f"must be [hard, soft] (two numbers of seconds or nulls), not {shape}"
@@ -246,12 +250,22 @@ _HEADER_CHECKS: dict[str, Check] = {
     "chord": _signature,
 }
 
+
+def _priority(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 255:
+        return f"must be an integer from 0 to 255 or null, not {_short(value)}"
+    return None
+
+
 #: Message properties the request copies: ``priority`` reaches child tasks, ``reply_to``
 #: and ``correlation_id`` address the reply of the ``rpc://`` result backend. On RabbitMQ
 #: the protocol types them; on Redis they are whatever JSON the publisher wrote.
 _PROPERTY_CHECKS: dict[str, Check] = {
     "correlation_id": _text(MAX_ID_LENGTH),
     "reply_to": _text(MAX_ID_LENGTH),
+    "priority": _priority,
 }
 
 _EMBED_CHECKS: dict[str, Check] = {
@@ -260,14 +274,6 @@ _EMBED_CHECKS: dict[str, Check] = {
     "chain": _chain,
     "chord": _signature,
 }
-
-
-def _priority(value: Any) -> str | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 255:
-        return f"must be an integer from 0 to 255 or null, not {_short(value)}"
-    return None
 
 
 def _body_problem(body: Any) -> str | None:
@@ -283,22 +289,31 @@ def _body_problem(body: Any) -> str | None:
         return f"kwargs (body[1]) must be an object, not {_type_name(kwargs)}"
     if embed is not None and not isinstance(embed, dict):
         return f"embed (body[2]) must be an object or null, not {_type_name(embed)}"
-    for key, check in _EMBED_CHECKS.items():
-        problem = check(embed.get(key)) if embed else None
-        if problem is not None:
-            return f"embed (body[2]) {key!r} {problem}"
+    if embed:
+        for key, check in _EMBED_CHECKS.items():
+            value = embed.get(key)
+            problem = check(value) if value is not None else None
+            if problem is not None:
+                return f"embed (body[2]) {key!r} {problem}"
     return None
 
 
 def _headers_problem(headers: dict[Any, Any]) -> str | None:
-    for key, check in _HEADER_CHECKS.items():
-        if key in headers:
-            problem = check(headers[key])
-            if problem is not None:
-                return f"the {key!r} header {problem}"
-    for key in headers:
-        if isinstance(key, str) and key.startswith(_KIT_PREFIX):
-            return f"the {_short(key)} header poses as an attribute celery_kit sets on requests"
+    """One pass over the headers (this runs for every message, in the consumer)."""
+    checks = _HEADER_CHECKS
+    for key, value in headers.items():
+        if value is None:
+            if key == "retries":
+                return f"the 'retries' header {_retries(value)}"
+            continue  # every header Celery reads may be null but ``retries``
+        check = checks.get(key)
+        if check is None:
+            if isinstance(key, str) and key.startswith(_KIT_PREFIX):
+                return f"the {_short(key)} header poses as an attribute celery_kit sets on requests"
+            continue
+        problem = check(value)
+        if problem is not None:
+            return f"the {key!r} header {problem}"
     return None
 
 
@@ -309,11 +324,11 @@ def _properties_problem(message: Any) -> str | None:
     if not isinstance(properties, dict):
         return f"the message properties must be a mapping, not {_type_name(properties)}"
     for key, check in _PROPERTY_CHECKS.items():
-        problem = check(properties.get(key))
+        value = properties.get(key)
+        problem = check(value) if value is not None else None
         if problem is not None:
             return f"the {key!r} property {problem}"
-    problem = _priority(properties.get("priority"))
-    return None if problem is None else f"the 'priority' property {problem}"
+    return None
 
 
 def envelope_problem(message: Any, known_tasks: Container[str]) -> str | None:
