@@ -6,12 +6,19 @@
 * **Worker** (a real prefork worker, concurrency 2, the ``reliable`` preset's late acks,
   on Redis and on RabbitMQ): raw messages published around the kit with kombu -- bad
   JSON, refused content types, pickle, an unknown task, missing headers, malformed
-  bodies, an oversize body, args instead of kwargs. After each one the worker is alive
-  and runs a good task, the message is settled exactly once (the queue is empty, no
-  unacknowledged copy is left, nothing comes back after a wait), the task body never
-  ran and was attempted at most once, a log line names the problem and a metric counts it.
+  bodies, headers Celery parses unchecked (``timelimit``, ``eta``, ``expires``,
+  ``retries``...), depth-5000 nesting, an oversize body, args instead of kwargs. After
+  each one the worker is alive and runs a good task, the message is settled exactly once
+  (the queue is empty, no unacknowledged copy is left, nothing comes back after a wait),
+  the task body never ran and was attempted at most once, a log line names the problem
+  (and does not contain the body) and a metric counts it; a refused message with a task
+  id has a ``FAILURE`` result holding a ``MessageRejectedError``.
+* **Generated envelopes** (Hypothesis, the same worker): header names, value types and
+  sizes, content types and body shapes; the worker stays up and runs the next message,
+  no body runs twice or for a refused message, every refused task id has its FAILURE.
 * **Secrets**: ``SecretStr`` values appear in none of the worker's logs, the alerts, the
-  metrics, the result backend or ``celery kit config``; pickle is refused end to end.
+  metrics, the result backend or ``celery kit config``, even when task code pastes one
+  into its exception; pickle is refused end to end.
 """
 
 from __future__ import annotations
