@@ -52,6 +52,8 @@ def refused_task(message: Any, name: Any = None, task_id: Any = None) -> tuple[s
         name = headers.get("task", body.get("task"))
     if task_id is None:
         task_id = headers.get("id", body.get("id"))
+    if isinstance(name, str) and len(name) > MAX_ID_LENGTH:  # publisher-chosen: clipped
+        name = f"{name[:200]}..."
     return (
         name if isinstance(name, str) else None,
         task_id if isinstance(task_id, str) and len(task_id) <= MAX_ID_LENGTH else None,
