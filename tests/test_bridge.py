@@ -471,3 +471,54 @@ def test_a_refused_message_without_a_string_id_gets_no_result_and_is_still_settl
     assert message.acknowledged
     assert [(e.reason, e.task_id) for e in seen] == [("invalid_message", "['id-9']")]
     assert app.AsyncResult("id-9").state == "PENDING"
+
+
+def test_every_message_celerys_own_producer_sends_passes_the_guard(app: Celery) -> None:
+    """The guard refuses only what Celery's producer never sends: every option of
+    ``apply_async`` and every canvas shape, published for real, passes (issue 15)."""
+    from celery import chain, chord, group
+    from kombu.message import Message
+
+    from .conftest import published
+
+    @app.task(shared=False, name="b.add")  # type: ignore[untyped-decorator]
+    def add(x: int, y: int = 0) -> int:
+        return x + y
+
+    now = datetime.now(timezone.utc)
+    add.apply_async(
+        (1, 2),
+        countdown=5,
+        expires=60,
+        time_limit=10,
+        soft_time_limit=5,
+        shadow="b.shadowed",
+        ignore_result=True,
+        priority=3,
+        retries=2,
+        link=add.s(3),
+        link_error=add.si(0),
+        headers={"custom": {"any": ["json", 1]}},
+        stamped_headers=["on"],
+        on="stamped",  # a stamp: named by stamped_headers, passed as an option
+    )
+    add.apply_async((1,), eta=now + timedelta(hours=1), expires=now + timedelta(hours=2))
+    add.apply_async((1,), eta=datetime(2030, 1, 1), time_limit=1.5)  # naive: Celery's timezone
+    chain(add.s(1, 2), add.s(3), add.s(4)).apply_async()
+    group(add.s(1), add.s(2)).apply_async()
+    chord([add.s(1), add.s(2)], add.s()).apply_async()
+    messages = published(app)
+    assert len(messages) >= 8
+    known = {"b.add"}
+    for raw in messages:
+        # Re-read as the worker receives it: the JSON on the wire, not the producer's objects.
+        message = Message(  # type: ignore[no-untyped-call]
+            body=raw.body,
+            content_type=raw.content_type,
+            content_encoding=raw.content_encoding,
+            headers=json.loads(json.dumps(raw.headers, default=str)),
+            properties=json.loads(json.dumps(raw.properties, default=str)),
+            delivery_info={"exchange": "", "routing_key": "q"},
+            accept=["application/json"],
+        )
+        assert envelope_problem(message, known) is None, raw.headers
