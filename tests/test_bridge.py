@@ -430,12 +430,12 @@ def test_unobserved_apps_get_no_events_and_no_guard(app: Celery) -> None:
 
 
 def test_the_guard_refuses_each_message_once_records_a_failure_and_reports_it(
-    app: Celery, seen: list[TaskEvent]
+    app: Celery, seen: list[TaskEvent], caplog: pytest.LogCaptureFixture
 ) -> None:
     consumer = _Consumer(app)
     MessageGuard(consumer)
 
-    undecodable = _delivered(app, b"{not json", _headers(id="id-1"))
+    undecodable = _delivered(app, b'{"secret-in-body": 1', _headers(id="id-1"))
     consumer.on_decode_error(undecodable, ValueError("bad json"))
     assert consumer.calls == []  # Celery's own handler (which logs the body) is not called
     assert undecodable.acknowledged
@@ -459,6 +459,13 @@ def test_the_guard_refuses_each_message_once_records_a_failure_and_reports_it(
         assert result.result.reason == reason
         assert result.result.task_name == "b.known"
     assert app.AsyncResult("id-2").state == "PENDING"
+    # Without the kit's logging (not instrumented here), one plain line each; no body.
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("message rejected")]
+    assert len(lines) == 2
+    assert "decode_error" in lines[0]
+    assert "id-1" in lines[0]
+    assert "'timelimit' header" in lines[1]
+    assert not any("secret-in-body" in r.getMessage() for r in caplog.records)
 
 
 def test_a_refused_message_without_a_string_id_gets_no_result_and_is_still_settled(
