@@ -216,7 +216,9 @@ def test_a_failing_observer_is_logged_and_skipped(app: Celery, caplog: pytest.Lo
 # -- messages that never reach a task ------------------------------------------------------------
 
 
-def _message(body: Any, headers: Any = None, content_type: str = "application/json") -> Any:
+def _message(
+    body: Any, headers: Any = None, content_type: str = "application/json", properties: Any = None
+) -> Any:
     from kombu.message import Message
 
     raw = body if isinstance(body, bytes) else json.dumps(body).encode()
@@ -225,6 +227,7 @@ def _message(body: Any, headers: Any = None, content_type: str = "application/js
         content_type=content_type,
         content_encoding="utf-8",
         headers=headers,
+        properties=properties,
         delivery_info={"exchange": "", "routing_key": "q-in"},
         accept=["application/json"],
     )
@@ -300,6 +303,15 @@ ENVELOPES = [
     (_message(b"[[], {}, {}]", _headers(timelimit=[10**400, None])), "'timelimit' header"),
     (_message({"args": [], "kwargs": {}, "eta": ""}, _headers()), "'eta' header"),  # hybrid
     (_message({"task": "b.known", "id": "x", "args": [], "retries": "1"}, {}), "'retries' header"),
+    # Properties Celery copies onto the request (on Redis, whatever JSON the publisher wrote).
+    (_message([[], {}, {}], _headers(), properties={"priority": "abc"}), "'priority' property"),
+    (_message([[], {}, {}], _headers(), properties={"priority": 256}), "'priority' property"),
+    (_message([[], {}, {}], _headers(), properties={"reply_to": ["q"]}), "'reply_to' property"),
+    (_message([[], {}, {}], _headers(), properties={"correlation_id": 5}), "'correlation_id' property"),
+    (
+        _message([[], {}, {}], _headers(), properties={"priority": 9, "reply_to": "", "correlation_id": "c"}),
+        None,
+    ),
     # ... and what Celery's own producers send stays accepted.
     (_message([[], {}, {}], _headers(timelimit=[None, None], eta=None, expires=None)), None),
     (_message([[], {}, {}], _headers(timelimit=[30, 20.5], retries=3, ignore_result=True)), None),
