@@ -43,6 +43,7 @@ from ._events import Classification, EventType, FailureKind, TaskEvent, dispatch
 from ._payload import PayloadSchema, payload_validation_error
 from ._pools import pool_name
 from ._retry import RetryPolicy
+from ._secret_values import mask_secret_values  # issue 15
 
 __all__ = [
     "DEFAULT_MAX_PAYLOAD_BYTES",
@@ -457,6 +458,7 @@ class ValidatedTask(celery.Task):  # type: ignore[misc]
         The classification is kept on the request; the signal bridge turns it into the
         one ``RETRYING`` or ``FAILED`` event observers see for this attempt.
         """
+        mask_secret_values(exc, payload)  # issue 15: before any copy of the error is made
         policy = self.retry_policy
         retriable = False
         timeout = None
