@@ -103,12 +103,15 @@ def test_invalid_payload_raises_in_the_caller_and_publishes_nothing(app: Celery,
     assert published(app) == []
 
 
-def test_apply_and_direct_calls_validate_with_pydantics_error(app: Celery) -> None:
+def test_apply_runs_as_a_worker_would_and_direct_calls_raise(app: Celery) -> None:
     send = make_send(app)
     assert send.apply(kwargs={"to": "a@b.c", "subject": "hi"}).get() == {"message_id": "<a@b.c>"}
     assert send(to="a@b.c", subject="hi") == Sent(message_id="<a@b.c>")  # a direct call: the function's value
-    with pytest.raises(ValidationError):
-        send.apply(kwargs={"to": "bad", "subject": "hi"})
+    refused = send.apply(kwargs={"to": "bad", "subject": "hi"})  # as on a worker: a FAILURE result
+    assert refused.state == "FAILURE"
+    assert isinstance(refused.result, PayloadValidationError)
+    with pytest.raises(PayloadValidationError):
+        send.apply(kwargs={"to": "bad", "subject": "hi"}, throw=True)  # Celery's eager propagation
     with pytest.raises(ValidationError):
         send(to="bad", subject="hi")
 
@@ -554,7 +557,7 @@ def test_control_flow_and_soft_timeouts_are_never_retried_even_when_everything_i
 
 def test_bytes_json_cannot_carry_raise_a_validation_error_and_publish_nothing(app: Celery) -> None:
     @validated_task(app, shared=False, name="t.blob")
-    def blob(data: dict[str, Any]) -> None: ...
+    def blob(data: dict[str, bytes]) -> None: ...
 
     refused: list[TaskEvent] = []
     dispatcher_for(app).subscribe(

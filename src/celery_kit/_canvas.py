@@ -67,6 +67,11 @@ def _check(sig: Any, *, prepended: int) -> None:
     except Exception:  # not registered here: another service's task
         return
     schema = getattr(task, "payload_schema", None)
-    if schema is None or not getattr(task, "typing", True):
+    if schema is None or not schema.validates or not getattr(task, "typing", True):
         return
-    schema.check_partial(sig.args, sig.kwargs, prepended=0 if sig.immutable else prepended, complete=True)
+    if sig.immutable:
+        # Complete: it travels inside this message, so it goes in its wire form (a model
+        # as JSON data), as the task's own delay() would send it.
+        sig.args, sig.kwargs = schema.to_wire(sig.args, sig.kwargs)
+        return
+    schema.check_partial(sig.args, sig.kwargs, prepended=prepended, complete=True)

@@ -110,6 +110,7 @@ class ChainPayloadError(PayloadValidationError, EncodeError):
     ``FAILURE``, ``task_failure`` sent) rather than as a success followed by an error.
     """
 
+
 class MessageRejectedError(CeleryKitError):
     """The worker refused this task's message before any task code ran.
 

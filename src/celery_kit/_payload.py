@@ -23,13 +23,16 @@ task under ``task_cls="celery_kit:ValidatedTask"``) runs exactly as plain Celery
 
 from __future__ import annotations
 
+import collections.abc
 import contextlib
 import inspect
 import json
+import logging
+import threading
 import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
 from pydantic_core import (
@@ -42,6 +45,8 @@ from pydantic_core import (
 from typing_extensions import NotRequired, TypedDict
 
 from ._errors import ConfigurationError, PayloadTooLargeError, PayloadValidationError
+
+logger = logging.getLogger("celery_kit")
 
 __all__ = ["ArgumentsError", "BoundPayload", "PayloadSchema", "dump_masked", "payload_validation_error"]
 
@@ -116,8 +121,68 @@ def _as_arguments_error(exc: ValidationError) -> ValidationError:
 
 
 def _declares(annotation: Any) -> bool:
-    """Whether an annotation asks for validation: anything but ``Any`` (or none)."""
-    return annotation is not Any and annotation is not _P.empty
+    """Whether an annotation asks for validation: anything but ``Any``, ``object``, a bare
+    type variable (or none)."""
+    return not (
+        annotation is Any or annotation is object or annotation is _P.empty or isinstance(annotation, TypeVar)
+    )
+
+
+#: Abstract iterables: pydantic validates them lazily, into a one-shot iterator.
+_LAZY_ORIGINS = frozenset({Iterable, Iterator, Generator, collections.abc.AsyncIterable})
+
+
+def _is_loose(annotation: Any) -> bool:
+    """Whether dumping a value of this type could change what the function receives.
+
+    ``dict``, ``list[Any]``, ``Optional[Any]``, ``Iterable[int]``: the annotation checks
+    the value's shape, but leaves (part of) its content undeclared, so the kit validates
+    it and then sends and hands on the caller's own value, as plain Celery does, for
+    kombu's serializer to encode (a ``date`` inside a ``dict`` stays a ``date``).
+    """
+    if not _declares(annotation):
+        return True
+    if isinstance(annotation, type):
+        return annotation in _BARE_CONTAINERS
+    origin = typing.get_origin(annotation)
+    if origin is typing.Annotated:
+        return _is_loose(typing.get_args(annotation)[0])
+    if origin is None:
+        return False
+    if origin in _LAZY_ORIGINS:
+        return True
+    return any(
+        _is_loose(arg)
+        for arg in typing.get_args(annotation)
+        if arg is not type(None) and arg is not Ellipsis and not isinstance(arg, list)
+    )
+
+
+_BARE_CONTAINERS = frozenset({dict, list, tuple, set, frozenset, Mapping, collections.abc.Sequence, Iterable})
+
+
+def _mentions_model(annotation: Any) -> bool:
+    """Whether values of this type may hold pydantic models (what a result dump converts)."""
+    if isinstance(annotation, type):
+        return issubclass(annotation, BaseModel)
+    return any(_mentions_model(arg) for arg in typing.get_args(annotation))
+
+
+def _dump_models(value: Any) -> Any:
+    """``value`` with every pydantic model in it (in lists, tuples, dicts) dumped to JSON data.
+
+    Nothing else is converted: a ``datetime`` result stays a ``datetime`` for kombu's
+    serializer, as in plain Celery.
+    """
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
+    if type(value) is list:
+        return [_dump_models(item) for item in value]
+    if type(value) is tuple:
+        return tuple(_dump_models(item) for item in value)
+    if type(value) is dict:
+        return {key: _dump_models(item) for key, item in value.items()}
+    return value
 
 
 def _mentions_secrets(adapter: TypeAdapter[Any]) -> bool:
@@ -164,37 +229,83 @@ class PayloadSchema:
     """
 
     def __init__(
-        self, fun: Callable[..., Any], *, bound: bool, name: str | None = None, validate: bool = True
+        self,
+        fun: Callable[..., Any],
+        *,
+        bound: bool,
+        name: str | None = None,
+        validate: bool = True,
+        lenient: bool = False,
     ) -> None:
         self.fun = fun
         self.bound = bound
         self.name: str = name or str(getattr(fun, "__qualname__", repr(fun)))
         self.title = f"{self.name} arguments"
         self._validate = validate
+        #: A task written for plain Celery: an annotation the kit cannot validate (no
+        #: pydantic schema, a name that does not resolve) is left undeclared, with a
+        #: warning, instead of refusing the task.
+        self._lenient = lenient
         #: The function's own signature, as ``task.run`` shows it to ``inspect``.
         self.signature = inspect.signature(fun)
         #: Whether anything is validated; until a deferred build, assume so (it annotates).
         self.validates = validate
         self._built = False
+        self._build_lock = threading.Lock()
         with contextlib.suppress(NameError):  # resolved on first use; see _ensure_built
             self._build()
 
     # -- building ---------------------------------------------------------------------------
 
     def _ensure_built(self) -> None:
-        if not self._built:
+        if self._built:
+            return
+        with self._build_lock:
+            if self._built:
+                return
             try:
                 self._build()
             except NameError as exc:
-                raise ConfigurationError(
-                    f"cannot resolve the annotations of task function {self.name!r}: {exc}. "
-                    "Define or import every type its signature names at module level."
-                ) from exc
+                if not self._lenient:
+                    raise ConfigurationError(
+                        f"cannot resolve the annotations of task function {self.name!r}: {exc}. "
+                        "Define or import every type its signature names at module level."
+                    ) from exc
+                logger.warning(
+                    "task %s: its annotations do not resolve (%s); it is not validated. "
+                    "Import the types it names at module level to have it validated.",
+                    self.name,
+                    exc,
+                )
+                self._build(hints={})
 
-    def _build(self) -> None:
-        hints = typing.get_type_hints(self.fun, include_extras=True) if self._validate else {}
+    def _hints(self) -> dict[str, Any]:
+        if not self._validate:
+            return {}
+        return typing.get_type_hints(self.fun, include_extras=True)
+
+    def _usable(self, what: str, annotation: Any) -> bool:
+        """Whether pydantic can validate ``annotation``; a task for plain Celery may use
+        types it cannot (a client object, a protocol), which are then left undeclared."""
+        try:
+            TypeAdapter(annotation)
+        except Exception as exc:
+            if not self._lenient:
+                raise ConfigurationError(
+                    f"task {self.name!r}: pydantic cannot validate {what} ({annotation!r}): {exc}. "
+                    "Annotate it with a type pydantic supports, or with typing.Any."
+                ) from exc
+            logger.warning(
+                "task %s: %s (%r) has no pydantic schema; it is not validated.", self.name, what, annotation
+            )
+            return False
+        return True
+
+    def _build(self, hints: dict[str, Any] | None = None) -> None:
+        if hints is None:
+            hints = self._hints()
         params = list(self.signature.parameters.values())
-        if self.bound:
+        if self.bound and not (params and params[0].kind is _P.VAR_POSITIONAL):
             if not params or params[0].kind not in _POSITIONAL:
                 raise ConfigurationError(
                     f"bound task {self.name!r} must take the task instance as its first "
@@ -204,7 +315,8 @@ class PayloadSchema:
         self.params = params
         self.return_adapter: TypeAdapter[Any] | None = None
         returns = hints.get("return", Any)
-        if returns is not type(None) and _declares(returns):
+        self.result_has_models = _mentions_model(returns)
+        if returns is not type(None) and _declares(returns) and self._usable("its return type", returns):
             self.return_adapter = TypeAdapter(returns)
 
         self.model: type[BaseModel] | None = None
@@ -227,39 +339,65 @@ class PayloadSchema:
 
         self.positional = [p.name for p in params if p.kind in _POSITIONAL]
         self.positional_only = frozenset(p.name for p in params if p.kind is _P.POSITIONAL_ONLY)
+        annotations: dict[str, Any] = {}
+        for p in params:
+            annotation = hints.get(p.name, Any)
+            if p.default is None and _declares(annotation):
+                annotation = annotation | None  # ``x: int = None``: implicitly optional, as PEP 484 had it
+            annotations[p.name] = annotation
+        try:
+            self._compile(params, annotations)
+        except Exception:
+            # Some annotation has no pydantic schema (a client object, a protocol): find it.
+            for p in params:
+                if _declares(annotations[p.name]) and not self._usable(
+                    f"parameter {p.name!r}", annotations[p.name]
+                ):
+                    annotations[p.name] = Any
+            self._compile(params, annotations)
+        self._built = True
+
+    def _compile(self, params: list[inspect.Parameter], annotations: dict[str, Any]) -> None:
         fields: dict[str, Any] = {}
-        passthrough: set[str] = set()
+        undeclared: set[str] = set()
+        loose: set[str] = set()
         self.varargs: TypeAdapter[Any] | None = None
         self.varkw: TypeAdapter[Any] | None = None
         self.varargs_declared = self.varkw_declared = False
+        self.varargs_loose = self.varkw_loose = False
         self.has_varargs = self.has_varkw = False
         for p in params:
-            annotation = hints.get(p.name, Any)
+            annotation = annotations[p.name]
             if p.kind is _P.VAR_POSITIONAL:
                 self.has_varargs = True
                 self.varargs_declared = _declares(annotation)
+                self.varargs_loose = _is_loose(annotation)
                 self.varargs = TypeAdapter(tuple[annotation, ...])  # type: ignore[valid-type]
             elif p.kind is _P.VAR_KEYWORD:
                 self.has_varkw = True
                 self.varkw_declared = _declares(annotation)
+                self.varkw_loose = _is_loose(annotation)
                 self.varkw = TypeAdapter(dict[str, annotation])  # type: ignore[valid-type]
             else:
                 fields[p.name] = annotation if p.default is _P.empty else NotRequired[annotation]
                 if not _declares(annotation):
-                    passthrough.add(p.name)
-        self.argument_names = frozenset(fields)
-        #: Parameters that travel exactly as the caller passed them.
-        self.passthrough = frozenset(passthrough)
-        self.validates = bool(
-            self.argument_names - self.passthrough or self.varargs_declared or self.varkw_declared
-        )
+                    undeclared.add(p.name)
+                elif _is_loose(annotation):
+                    loose.add(p.name)
         arguments = TypedDict(self.title, fields)  # type: ignore[misc]
         arguments.__pydantic_config__ = ConfigDict(extra="forbid")  # type: ignore[attr-defined]
         self.arguments: TypeAdapter[dict[str, Any]] = TypeAdapter(cast("type[dict[str, Any]]", arguments))
+        self.argument_names = frozenset(fields)
+        #: Parameters whose caller's value travels and reaches the function untouched:
+        #: undeclared ones (not validated) and loose ones (validated, never converted).
+        self.passthrough = frozenset(undeclared | loose)
+        self.loose = frozenset(loose)
+        self.validates = bool(
+            self.argument_names - undeclared or self.varargs_declared or self.varkw_declared
+        )
         self.has_secrets = self.validates and any(
             _mentions_secrets(adapter) for adapter in (self.arguments, self.varargs, self.varkw) if adapter
         )
-        self._built = True
 
     def run_signature(self) -> inspect.Signature:
         """The signature ``task.run`` shows to :func:`inspect.signature` (``self`` first).
@@ -303,10 +441,15 @@ class PayloadSchema:
             validated = self.arguments.validator.validate_python(data)
         except ValidationError as exc:
             raise _as_arguments_error(exc) from None
+        for name in self.loose:  # checked, but the function gets the value as it came
+            if name in validated:
+                validated[name] = data[name]
         if extra_args and self.varargs_declared:
-            extra_args = self.varargs.validator.validate_python(extra_args)  # type: ignore[union-attr]
+            checked = self.varargs.validator.validate_python(extra_args)  # type: ignore[union-attr]
+            extra_args = extra_args if self.varargs_loose else checked
         if extra_kwargs and self.varkw_declared:
-            extra_kwargs = self.varkw.validator.validate_python(extra_kwargs)  # type: ignore[union-attr]
+            checked = self.varkw.validator.validate_python(extra_kwargs)  # type: ignore[union-attr]
+            extra_kwargs = extra_kwargs if self.varkw_loose else checked
         call_args, call_kwargs = self._reshape(validated, len(args), extra_args, extra_kwargs)
         return call_args, call_kwargs, validated
 
@@ -351,11 +494,15 @@ class PayloadSchema:
         if extra_args and self.varargs_declared:
             varargs = self.varargs
             assert varargs is not None
-            extra_args = tuple(self._dump(varargs, varargs.validator.validate_python(extra_args)))
+            checked = varargs.validator.validate_python(extra_args)
+            if not self.varargs_loose:
+                extra_args = tuple(self._dump(varargs, checked))
         if extra_kwargs and self.varkw_declared:
             varkw = self.varkw
             assert varkw is not None
-            extra_kwargs = self._dump(varkw, varkw.validator.validate_python(extra_kwargs))
+            checked = varkw.validator.validate_python(extra_kwargs)
+            if not self.varkw_loose:
+                extra_kwargs = self._dump(varkw, checked)
         return self._reshape(wire, len(args), extra_args, extra_kwargs)
 
     def _dump(
@@ -374,21 +521,21 @@ class PayloadSchema:
         return to_jsonable_python(_reveal(adapter.serializer.to_python(value, mode="python", exclude=skip)))
 
     def check_size(self, wire_args: tuple[Any, ...], wire_kwargs: dict[str, Any], limit: int) -> None:
-        """Raise :class:`PayloadTooLargeError` when the JSON payload exceeds ``limit`` bytes.
+        """Raise :class:`PayloadTooLargeError` when the JSON payload exceeds ``limit`` bytes
+        (``0``: no cap; the payload must still be encodable, as the worker checks).
 
         Raises:
             pydantic.ValidationError: the payload cannot be encoded as JSON at all (a lone
                 surrogate in a string, say), which pydantic's validation lets through.
         """
-        if limit > 0:
-            try:
-                size = len(to_json((wire_args, wire_kwargs)))
-            except (PydanticSerializationError, UnicodeError) as exc:
-                if not isinstance(exc, UnicodeError) and "surrogate" not in str(exc).lower():
-                    return  # a type only the message serializer knows; it decides
-                raise self.unencodable(exc) from None
-            if size > limit:
-                raise PayloadTooLargeError(self.name, size, limit)
+        try:
+            size = len(to_json((wire_args, wire_kwargs)))
+        except (PydanticSerializationError, UnicodeError) as exc:
+            if not isinstance(exc, UnicodeError) and "surrogate" not in str(exc).lower():
+                return  # a type only the message serializer knows (kombu's); it decides
+            raise self.unencodable(exc) from None
+        if 0 < limit < size:
+            raise PayloadTooLargeError(self.name, size, limit)
 
     def unencodable(self, exc: Exception) -> ValidationError:
         """A caller-side ``ValidationError`` for a payload JSON cannot carry.
@@ -515,6 +662,7 @@ class PayloadSchema:
         skipped = tuple(self.positional[:count])
         for name in skipped:
             data.pop(name, None)
+        extra_args = extra_args[max(0, count - len(self.positional)) :]  # placeholders in *args
         try:
             self.arguments.validator.validate_python(data)
             if extra_args and self.varargs_declared:
@@ -609,26 +757,22 @@ class PayloadSchema:
     # -- results ----------------------------------------------------------------------------
 
     def dumps_result(self, value: Any) -> bool:
-        """Whether :meth:`dump_result` would change ``value``: a model, or a declared type."""
+        """Whether :meth:`dump_result` may change ``value``: a model, or a container of them."""
         if not self._validate or isinstance(value, _JSON_SCALARS):
             return False  # Celery's pydantic=True wrapper dumps what it dumps
-        return self.return_adapter is not None or isinstance(value, BaseModel)
+        if isinstance(value, BaseModel):
+            return True
+        return self.result_has_models and isinstance(value, (list, tuple, dict))
 
     def dump_result(self, value: Any) -> Any:
-        """The return value as it is stored: declared types and models dumped to JSON data.
+        """The return value as it is stored: pydantic models dumped to JSON data.
 
-        An undeclared result that is not a model is returned untouched, as plain Celery
-        would store it (a tuple stays a tuple, a returned signature a signature).
+        Models -- returned, or in the list, tuple or dict the function returned -- are
+        dumped with ``model_dump(mode="json")``; nothing else is converted, so a result
+        travels as plain Celery stores it (a tuple stays a tuple, a ``datetime`` a
+        ``datetime`` through kombu's serializer, a returned signature a signature).
         """
-        if isinstance(value, BaseModel):
-            return value.model_dump(mode="json")
-        adapter = self.return_adapter
-        if adapter is None or value is None:
-            return value
-        try:
-            return adapter.serializer.to_python(value, mode="json", warnings=False)
-        except PydanticSerializationError:
-            return value  # let the result serializer report what it cannot encode
+        return _dump_models(value)
 
     def load_result(self, value: Any) -> Any:
         """Rebuild the typed return value (e.g. the result model) from stored JSON data."""

@@ -18,19 +18,27 @@ every supported version; the bridge reports each attempt once.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from billiard.einfo import ExceptionWithTraceback
+from celery.backends.base import DisabledBackend
 from celery.exceptions import InvalidTaskError, TimeLimitExceeded, WorkerLostError
 from celery.worker.request import Request
 from pydantic_core import PydanticSerializationError, to_json
 
 from ._bridge import report_main_process_failure
-from ._errors import PayloadTooLargeError
+from ._errors import MessageRejectedError, PayloadTooLargeError
+from ._events import RejectReason
 
 __all__ = ["KitRequest", "payload_problem"]
 
+logger = logging.getLogger("celery_kit")
+
 _ESCAPES = (b"\\ud", b"\\uD")
+#: How much longer the caller's measure of a payload can be than the body that carries
+#: it: a number written ``1e15`` (4 bytes) is ``1000000000000000.0`` (18) once re-encoded.
+_MAX_EXPANSION = 5
 
 
 def _may_hold_surrogates(body: bytes | str) -> bool:
@@ -46,7 +54,11 @@ def payload_problem(task: Any, body: Any, args: Any, kwargs: Any, compressed: bo
         return None
     limit = int(getattr(task, "_payload_limit", 0) or 0)
     measured_for_free = isinstance(body, (bytes, str)) and not compressed
-    if measured_for_free and not (limit and len(body) > limit) and not _may_hold_surrogates(body):
+    if (
+        measured_for_free
+        and not (limit and len(body) * _MAX_EXPANSION > limit)
+        and not _may_hold_surrogates(body)
+    ):
         return None
     try:
         size = len(to_json((args, kwargs)))
@@ -70,7 +82,21 @@ class KitRequest(Request):  # type: ignore[misc]
             self.task, self.body, self.args, self.kwargs, bool(headers.get("compression"))
         )
         if problem is not None:
+            if getattr(self.app, "_celery_kit_dispatcher", None) is None:
+                # No message guard on this worker to record the refusal: tell the caller here.
+                self._record_refusal(problem)
             raise InvalidTaskError(problem)
+
+    def _record_refusal(self, problem: str) -> None:
+        if isinstance(self.task.backend, DisabledBackend):
+            return
+        error = MessageRejectedError(RejectReason.INVALID_MESSAGE.value, problem, self.task.name)
+        try:
+            self.task.backend.mark_as_failure(self.id, error, request=self._context, call_errbacks=False)
+        except Exception as exc:  # a result backend down must not stop the consumer
+            logger.warning(
+                "could not record the refusal of message %s in the result backend: %r", self.id, exc
+            )
 
     def on_timeout(self, soft: bool, timeout: float) -> None:
         # Report before Celery does: Celery 5.7's ``task_failure`` for a hard limit comes

@@ -63,6 +63,8 @@ MAX_PAYLOAD_SETTING = "celery_kit_max_payload_bytes"
 DEFAULT_MAX_PAYLOAD_BYTES = 256 * 1024
 
 _CONTROL_FLOW = (Retry, Ignore, Reject)
+#: Refused for every ValidatedTask: decoding them runs code the producer chose.
+_CODE_EXECUTING_SERIALIZERS = frozenset({"pickle"})
 _warned_without_limits: set[str] = set()
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -219,7 +221,9 @@ class ValidatedTask(celery.Task):  # type: ignore[misc]
         celery_validates = namespace.get("_dump_pydantic_arguments") is not None or (
             _wrapped_by_celery_pydantic(run)
         )
-        cls.payload_schema = PayloadSchema(fun, bound=bound, name=name, validate=not celery_validates)
+        cls.payload_schema = PayloadSchema(
+            fun, bound=bound, name=name, validate=not celery_validates, lenient=not cls._celery_kit_decorated
+        )
         cls.run = _wrap_run(fun, bound, cls.payload_schema)
         # Celery's add_autoretry_behaviour() wraps ``run`` unless ``_orig_run`` exists;
         # the kit's wrapper applies Celery's autoretry rules itself (_autoretry), so that
@@ -294,14 +298,14 @@ class ValidatedTask(celery.Task):  # type: ignore[misc]
         """
         schema = self.payload_schema
         if schema is not None and _is_call(args, kwargs):
+            converts = schema.validates or self._celery_kit_decorated
             serializer = options.get("serializer") or self.serializer
-            if serializer != "json":
+            if serializer != "json" and (converts or serializer in _CODE_EXECUTING_SERIALIZERS):
                 raise ConfigurationError(
                     f"task {self.name!r} refuses serializer {serializer!r}: validated "
-                    "payloads travel as JSON only (pickle lets any producer run code on "
-                    "your workers). Use serializer='json' (task_serializer='json')."
+                    "payloads travel as JSON only, and pickle lets any producer run code on "
+                    "your workers. Use serializer='json' (task_serializer='json')."
                 )
-            converts = schema.validates or self._celery_kit_decorated
             if self.typing:
                 if converts:  # a wrong call's shape: ArgumentsError, a TypeError as in Celery
                     args, kwargs = self._checked_wire(schema, args, kwargs, options)
@@ -351,14 +355,10 @@ class ValidatedTask(celery.Task):  # type: ignore[misc]
         *rest: Any,
         **options: Any,
     ) -> Any:
-        """Validate in the caller, then run locally (eagerly), like a worker would."""
-        schema = self.payload_schema
-        if schema is not None and schema.validates and _is_call(args, kwargs):
-            try:
-                args, kwargs, _ = schema.validate_call(args or (), kwargs or {})
-            except ValidationError as exc:
-                self._refused(exc)
-                raise
+        """Run locally (eagerly), exactly as a worker would: the payload is validated by the
+        task's ``run``, and an invalid one is the ``FAILURE`` of the returned result
+        (:class:`~celery_kit.PayloadValidationError`), raised where Celery raises eager
+        errors (``throw=True``, ``task_eager_propagates``)."""
         return super().apply(args, kwargs, *rest, **options)
 
     def signature(self, args: Any = None, *starargs: Any, **starkwargs: Any) -> Any:
@@ -601,7 +601,16 @@ def validated_task(app: Any = None, **options: Any) -> Any:
 
 
 def _warn_time_limits_without_prefork(sender: Any = None, **_: Any) -> None:
-    """Time limits are enforced by the prefork pool only (gevent: the hard limit only)."""
+    """At worker start: resolve every deferred schema now (a name that does not resolve is
+    reported here, not at the first message); time limits are enforced by the prefork
+    pool only (gevent: the hard limit only)."""
+    for task in list(sender.app.tasks.values()):
+        schema = getattr(task, "payload_schema", None)
+        if isinstance(task, ValidatedTask) and schema is not None:
+            try:
+                schema._ensure_built()
+            except ConfigurationError as exc:
+                logger.error("%s", exc)
     pool = pool_name(sender)
     if pool == "prefork":
         return
