@@ -16,7 +16,8 @@ Every registered task's series exist from worker start, at 0 (Prometheus' advice
 label values known in advance): ``increase()`` needs a sample before the first event, or
 the first hard timeout, invalid payload or final failure of a fresh worker is never seen.
 The worker's main process creates them for each task routed to a queue it consumes, before
-its endpoint serves, in plain and in multiprocess mode alike. Two kinds of series cannot
+its endpoint serves, in plain and in multiprocess mode alike, with each alert sink's
+delivery results. Two kinds of series cannot
 exist in advance: ``celery_task_failures_total`` (its ``exception`` label is the class a
 task raises) and ``celery_task_last_success_timestamp_seconds``, which has no sample until
 the task's first success -- a 0 would claim it last succeeded in 1970, and a restarted
@@ -342,6 +343,7 @@ _WORKER_LOST, _INVALID_PAYLOAD, _TIMEOUT = (
 
 
 _TIMEOUT_KINDS = ("soft", "hard")
+_ALERT_RESULTS = ("sent", "suppressed", "failed")
 
 
 @dataclass(slots=True)
@@ -519,6 +521,8 @@ class MetricsSetup:
         self.queue_wait_buckets = queue_wait_buckets
         self.multiprocess_base = multiprocess_dir
         self.multiprocess_path: str | None = None
+        #: Names of the alert sinks whose delivery results are exported at 0 from worker start.
+        self.alert_sinks: tuple[str, ...] = ()
         self._observer: MetricsObserver | None = None
         self._lock = threading.Lock()
 
@@ -560,6 +564,9 @@ class MetricsSetup:
         observer = self.observer
         for task, queue in _routed_tasks(worker.app):
             observer.precreate(task, queue)
+        for sink in self.alert_sinks:
+            for result in _ALERT_RESULTS:
+                observer.metrics.alerts.labels(sink, result)
 
     def on_worker_init(self, worker: Any) -> None:
         """Before the pool forks: multiprocess mode for prefork, plain mode otherwise."""

@@ -435,6 +435,8 @@ def test_a_fresh_worker_exports_every_task_at_zero_and_no_last_success(
                 samples[("celery_task_validation_errors_total", tuple(sorted((*tq, ("side", "worker")))))]
                 == 0
             )
+        for result in ("sent", "suppressed", "failed"):  # the default sink's deliveries
+            assert samples[("celery_kit_alerts_total", (("result", result), ("sink", "log")))] == 0
         names = {name for name, _ in samples}
         assert "celery_task_last_success_timestamp_seconds" not in names
         assert "celery_task_failures_total" not in names  # its exception label is not known yet
