@@ -406,7 +406,7 @@ def _check_metrics(promtool: str, text: str) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
 
 
-@pytest.mark.parametrize("pool", ["prefork", "solo"])
+@pytest.mark.parametrize("pool", ["prefork", "solo", "threads"])
 def test_a_fresh_worker_exports_every_task_at_zero_and_no_last_success(
     pool: str, redis_url: str, promtool: str
 ) -> None:
