@@ -15,13 +15,13 @@ and threads pools count in plain mode. Producers (a web app) count
 Every registered task's series exist from worker start, at 0 (Prometheus' advice for
 label values known in advance): ``increase()`` needs a sample before the first event, or
 the first hard timeout, invalid payload or final failure of a fresh worker is never seen.
-The worker's main process creates them for each task routed to a queue it consumes, before
-its endpoint serves, in plain and in multiprocess mode alike, with each alert sink's
-delivery results. Two kinds of series cannot
-exist in advance: ``celery_task_failures_total`` (its ``exception`` label is the class a
-task raises) and ``celery_task_last_success_timestamp_seconds``, which has no sample until
-the task's first success -- a 0 would claim it last succeeded in 1970, and a restarted
-worker claim the same of a task that succeeded a minute before it.
+The worker's main process creates them, and each alert sink's delivery results, for every
+task routed to a queue it consumes, before its endpoint serves, in plain and in
+multiprocess mode alike. Two kinds of series cannot exist in advance:
+``celery_task_failures_total`` (its ``exception`` label is the class a task raises) and
+``celery_task_last_success_timestamp_seconds``, which has no sample until the task's first
+success -- a 0 would claim it last succeeded in 1970, and a restarted worker claim the same
+of a task that succeeded a minute before it.
 
 ``celery_worker_messages_rejected_total{reason}`` counts, in the worker's main process,
 the messages it discarded before any task saw them -- unknown task, undecodable body,
