@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint typecheck pytest docs bench bench-instructions bench-quick soak clean
+.PHONY: demo test lint typecheck pytest docs wheel-smoke bench bench-instructions bench-quick soak clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,11 @@ pytest: $(VENV)/.installed-dev
 
 docs: $(VENV)/.installed-dev
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
+
+## Build the wheel, install it with only a documented extra into clean virtualenvs (`[redis]`,
+## and nothing for RabbitMQ), and run a real worker from each (needs Redis and RabbitMQ).
+wheel-smoke: | $(PY)
+	$(PY) tests/wheel_smoke/run.py
 
 ## Side-by-side benchmarks (needs Redis and RabbitMQ); writes results/latest.json and docs/performance.md.
 bench: $(VENV)/.installed-dev

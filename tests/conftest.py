@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import logging
 import os
+import shutil
 import socket
 import uuid
 from collections.abc import Iterator
@@ -75,6 +76,20 @@ def private_rabbit(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Private
         yield node
     finally:
         node.stop()
+
+
+@pytest.fixture(scope="session")
+def promtool() -> str:
+    """Prometheus' own checker (``promtool``), which the rule and scrape tests run."""
+    path = shutil.which("promtool")
+    if path is None:
+        pytest.fail(
+            "promtool is not installed: the Prometheus rule tests and scrape checks need it. "
+            "Install Debian's `prometheus` package (`apt-get install prometheus`; .ci/run does) "
+            "or put a Prometheus release's promtool on PATH.",
+            pytrace=False,
+        )
+    return path
 
 
 @pytest.fixture

@@ -183,6 +183,8 @@ def instrument(
             def on_result(sink: str, result: str) -> None:
                 setup.observer.metrics.alerts.labels(sink, result).inc()
 
+            # Each sink's delivery results exist at 0 from worker start, as the task series do.
+            setup.alert_sinks = tuple(sink.name for sink in alerting.sinks)
         alert_observer = kit_alerts.install(app, alerting, on_result=on_result)
         dispatcher.subscribe(alert_observer)
     health_setup = None
