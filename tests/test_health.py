@@ -561,6 +561,24 @@ def test_serve_imports_neither_celery_nor_pydantic_nor_the_app(
     assert_standard_library_only(imported, interpreter_startup)
 
 
+def test_walking_the_package_before_first_use_imports_nothing() -> None:
+    """freezegun's ``freeze_time()`` getattr()s every name in every module's dir(): that
+    must not import the kit (its pydantic models would be built with a fake datetime)."""
+    code = (
+        "import sys, celery_kit\n"
+        "for name in dir(celery_kit):\n"
+        "    getattr(celery_kit, name)\n"
+        "assert 'celery_kit._instrument' not in sys.modules\n"
+        "assert 'pydantic' not in sys.modules\n"
+        "print('ok')\n"
+    )
+    env = {**os.environ, "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{ROOT}"}
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60, check=False
+    )
+    assert done.stdout.strip() == "ok", done.stderr
+
+
 def test_the_package_still_loads_its_public_names_lazily() -> None:
     code = (
         "import sys, celery_kit\n"

@@ -12,7 +12,7 @@ from celery import Celery, chain, shared_task
 from celery.exceptions import Ignore, Reject, SoftTimeLimitExceeded
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, SecretStr, ValidationError
 
 from celery_kit import (
     ConfigurationError,
@@ -493,6 +493,31 @@ def test_a_failing_cleanup_is_logged_and_does_not_hide_the_timeout(
         result = slow.apply(kwargs={"to": "a@b.c", "subject": "s"})
     assert isinstance(result.result, SoftTimeLimitExceeded)
     assert any("soft-timeout cleanup" in r.getMessage() and r.exc_info for r in caplog.records)
+
+
+class Login(BaseModel):
+    user: str
+    token: SecretStr
+
+
+def test_a_cleanup_error_never_logs_the_payloads_secret_values(
+    app: Celery, caplog: pytest.LogCaptureFixture
+) -> None:
+    @validated_task(app, shared=False, name="t.login", soft_time_limit=1, time_limit=5)
+    def login(payload: Login) -> None:
+        raise SoftTimeLimitExceeded()
+
+    @login.on_soft_timeout
+    def leak(payload: Login) -> None:
+        raise RuntimeError(f"could not revoke {payload.token.get_secret_value()}")
+
+    with caplog.at_level(logging.ERROR, logger="celery_kit"):
+        login.apply(kwargs={"user": "ada", "token": "s3cr3t-value"})
+    [record] = [r for r in caplog.records if "soft-timeout cleanup" in r.getMessage()]
+    assert record.exc_info is not None
+    shown = logging.Formatter().formatException(record.exc_info)
+    assert "could not revoke **********" in shown
+    assert "s3cr3t-value" not in shown
 
 
 def test_subclass_can_override_on_soft_timeout(app: Celery) -> None:

@@ -126,4 +126,7 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+    # What is loaded, not what could be: tools that walk every module's ``dir()`` and
+    # ``getattr`` each name (freezegun's ``freeze_time()`` does) must not import the kit,
+    # and with it pydantic models, at a moment the caller did not choose.
+    return sorted(globals())

@@ -429,7 +429,8 @@ class ValidatedTask(celery.Task):  # type: ignore[misc]
         if type(self).on_soft_timeout is not ValidatedTask.on_soft_timeout:
             try:
                 self.on_soft_timeout(payload)
-            except Exception:
+            except Exception as exc:
+                mask_secret_values(exc, payload)  # the log line must not show them either
                 logger.exception("soft-timeout cleanup of task %s[%s] failed", self.name, request.id)
         for hook, arity in self._soft_timeout_hooks:
             try:
@@ -437,7 +438,8 @@ class ValidatedTask(celery.Task):  # type: ignore[misc]
                     hook(payload, request)
                 else:
                     hook(payload)
-            except Exception:
+            except Exception as exc:
+                mask_secret_values(exc, payload)
                 logger.exception(
                     "soft-timeout cleanup %s of task %s[%s] failed",
                     getattr(hook, "__qualname__", hook),
