@@ -20,6 +20,7 @@ if TYPE_CHECKING:
         CeleryKitError,
         ChainPayloadError,
         ConfigurationError,
+        DuplicateTaskError,
         PayloadTooLargeError,
         PayloadValidationError,
         PermanentError,
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
         ValidatedTask,
         validated_task,
     )
+    from ._unique import Unique
 
 __version__ = "0.1.0"
 
@@ -47,6 +49,7 @@ __all__ = [
     "ChainPayloadError",
     "ConfigurationError",
     "Dispatcher",
+    "DuplicateTaskError",
     "EventType",
     "FailureKind",
     "Instrumentation",
@@ -56,6 +59,7 @@ __all__ = [
     "RejectReason",
     "RetryPolicy",
     "TaskEvent",
+    "Unique",
     "ValidatedTask",
     "__version__",
     "dispatcher_for",
@@ -69,6 +73,7 @@ _EXPORTS = {
     "CeleryKitError": "._errors",
     "ChainPayloadError": "._errors",
     "ConfigurationError": "._errors",
+    "DuplicateTaskError": "._errors",
     "PayloadTooLargeError": "._errors",
     "PayloadValidationError": "._errors",
     "PermanentError": "._errors",
@@ -86,6 +91,7 @@ _EXPORTS = {
     "MAX_PAYLOAD_SETTING": "._task",
     "ValidatedTask": "._task",
     "validated_task": "._task",
+    "Unique": "._unique",
 }
 #: Shown as living in ``celery_kit``, the import path users write.
 _REHOMED = (
