@@ -1,0 +1,254 @@
+"""Unique tasks on a real prefork worker: one message per key, kills, retries, redelivery.
+
+One worker (Redis broker, two pool processes) serves the module; the locks live in a
+private Redis of the module, so the tests can count the lock's round trips.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import signal
+import time
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import redis
+from celery import Celery
+from prometheus_client import CollectorRegistry
+
+from celery_kit import DuplicateTaskError, dispatcher_for
+from celery_kit.metrics import MetricsObserver, TaskMetrics
+from celery_kit.testing import WorkerProcess
+
+from .._brokers import PrivateRedis, drop_queue
+from .._support import wait_for
+from ..conftest import RUN_ID
+from .unique_app import LEASE, build_app, publish_burst
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class UniqueWorker:
+    app: Celery
+    worker: WorkerProcess
+    state: redis.Redis
+    locks: redis.Redis
+    prefix: str
+    urls: tuple[str, str, str, str, str]
+
+    def started(self, user_id: str) -> list[tuple[str, int]]:
+        entries = (
+            raw.decode().split() for raw in self.state.lrange(f"{self.prefix}:started:{user_id}", 0, -1)
+        )
+        return [(task_id, int(pid)) for task_id, pid in entries]
+
+    def go(self, user_id: str) -> None:
+        self.state.rpush(f"{self.prefix}:go:{user_id}", "1")
+
+    def lock(self, task: str, user_id: str) -> str | None:
+        value = self.locks.get(f"celery_kit:unique:{task}:{json.dumps([user_id])}")
+        return None if value is None else value.decode()
+
+    def lock_ttl_ms(self, task: str, user_id: str) -> int:
+        return int(self.locks.pttl(f"celery_kit:unique:{task}:{json.dumps([user_id])}"))
+
+    def script_calls(self) -> int:
+        stats = self.locks.info("commandstats")
+        return sum(int(stats.get(f"cmdstat_{name}", {}).get("calls", 0)) for name in ("evalsha", "eval"))
+
+
+@pytest.fixture(scope="module")
+def unique_worker(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[UniqueWorker]:
+    lock_store = PrivateRedis(tmp_path_factory.mktemp("locks"))
+    lock_store.start()
+    prefix = f"kit-unique-{RUN_ID}"
+    queue = f"{prefix}-tasks"
+    urls = (redis_url, redis_url, queue, lock_store.url, prefix)
+    app = build_app(*urls)
+    worker = WorkerProcess(
+        "tests.integration.unique_app",
+        queues=[queue],
+        pool="prefork",
+        concurrency=2,
+        cwd=ROOT,
+        env={
+            "KIT_UNIQUE_BROKER_URL": redis_url,
+            "KIT_UNIQUE_BACKEND_URL": redis_url,
+            "KIT_UNIQUE_QUEUE": queue,
+            "KIT_UNIQUE_LOCK_URL": lock_store.url,
+            "KIT_UNIQUE_PREFIX": prefix,
+            "PYTHONPATH": str(ROOT),
+        },
+    )
+    state = redis.Redis.from_url(redis_url)
+    try:
+        worker.start()
+        yield UniqueWorker(app, worker, state, lock_store.client(), prefix, urls)
+    finally:
+        worker.stop()
+        worker.remove_log()
+        drop_queue(app, queue)
+        for key in state.scan_iter(f"{prefix}:*"):
+            state.delete(key)
+        state.close()
+        lock_store.stop()
+
+
+def _user(name: str) -> str:
+    return f"{name}-{RUN_ID}-{os.urandom(3).hex()}"
+
+
+def test_a_second_delay_for_a_key_publishes_nothing_and_other_keys_are_free(
+    unique_worker: UniqueWorker,
+) -> None:
+    w = unique_worker
+    hold = w.app.tasks["unique.hold"]
+    user, other = _user("a"), _user("b")
+    first = hold.delay(user_id=user)
+    with pytest.raises(DuplicateTaskError) as refused:
+        hold.delay(user_id=user, wait=1)
+    assert refused.value.existing_task_id == first.id
+    assert refused.value.key == f"celery_kit:unique:unique.hold:{json.dumps([user])}"
+    second = hold.delay(user_id=other)  # another key is not blocked
+    wait_for(lambda: w.started(user) and w.started(other))
+    w.go(user)
+    w.go(other)
+    assert first.get(timeout=30) == user
+    assert second.get(timeout=30) == other
+    assert [task_id for task_id, _ in w.started(user)] == [first.id]  # one message ran
+    assert w.lock("unique.hold", user) is None  # released by the success
+    again = hold.delay(user_id=user)  # and the key can be taken again
+    w.go(user)
+    assert again.get(timeout=30) == user
+    assert [task_id for task_id, _ in w.started(user)] == [first.id, again.id]
+
+
+def test_the_lock_costs_one_script_call_on_publish_one_at_start_and_one_at_finish(
+    unique_worker: UniqueWorker,
+) -> None:
+    w = unique_worker
+    hold = w.app.tasks["unique.hold"]
+    warm = _user("warm")  # loads the scripts into the lock store (EVALSHA's first NOSCRIPT)
+    w.go(warm)
+    hold.delay(user_id=warm).get(timeout=30)
+    w.go(warm)
+    hold.delay(user_id=warm).get(timeout=30)
+    user = _user("rt")
+    w.go(user)  # the task will not wait: it ends long before its first renewal
+    before = w.script_calls()
+    result = hold.delay(user_id=user, wait=0.1)
+    assert w.script_calls() - before == 1  # publish: acquire
+    result.get(timeout=30)
+    assert w.script_calls() - before == 3  # worker: claim + release
+
+
+def test_a_retry_keeps_the_lock_and_the_final_outcome_releases_it(unique_worker: UniqueWorker) -> None:
+    w = unique_worker
+    flaky = w.app.tasks["unique.flaky"]
+    user = _user("retry")
+    result = flaky.delay(user_id=user)
+    wait_for(lambda: w.started(user))
+    w.go(user)  # the first attempt raises ConnectionError: retried in 2 s
+    wait_for(lambda: result.state == "RETRY")
+    assert len(w.started(user)) == 1  # between the attempts, the lock is kept for its ttl
+    holder = w.lock("unique.flaky", user)
+    assert holder is not None
+    assert holder.startswith(f"{result.id}|")
+    assert w.lock_ttl_ms("unique.flaky", user) > LEASE * 1000
+    with pytest.raises(DuplicateTaskError) as refused:
+        flaky.delay(user_id=user)
+    assert refused.value.existing_task_id == result.id
+    assert result.get(timeout=30) == 2  # the retry claimed the same lock and ran
+    assert [task_id for task_id, _ in w.started(user)] == [result.id, result.id]
+    assert w.lock("unique.flaky", user) is None
+
+
+def test_kill_9_mid_task_frees_the_key_within_the_lease(unique_worker: UniqueWorker) -> None:
+    w = unique_worker
+    hold = w.app.tasks["unique.hold"]
+    user = _user("kill")
+    hold.delay(user_id=user, wait=60)
+    wait_for(lambda: w.started(user))
+    ((_, pid),) = w.started(user)
+    os.kill(pid, signal.SIGKILL)
+    killed = time.monotonic()
+    with pytest.raises(DuplicateTaskError):  # held until its lease runs out
+        hold.delay(user_id=user)
+    wait_for(lambda: w.lock("unique.hold", user) is None, timeout=LEASE + 3)
+    assert time.monotonic() - killed < LEASE + 3  # the lease, far under the 120 s ttl
+    again = hold.delay(user_id=user)
+    w.go(user)
+    assert again.get(timeout=30) == user
+
+
+def test_redelivery_after_a_kill_runs_the_original_message(unique_worker: UniqueWorker) -> None:
+    w = unique_worker
+    task = w.app.tasks["unique.redelivered"]
+    user = _user("redeliver")
+    result = task.delay(user_id=user)
+    wait_for(lambda: w.started(user))
+    ((_, pid),) = w.started(user)
+    os.kill(pid, signal.SIGKILL)  # acks_late + reject_on_worker_lost: the message comes back
+    assert result.get(timeout=30) == 2  # the same message took its own lock back and ran
+    assert [task_id for task_id, _ in w.started(user)] == [result.id, result.id]
+    assert w.lock("unique.redelivered", user) is None
+
+
+def test_running_mode_queues_both_but_runs_one(unique_worker: UniqueWorker) -> None:
+    w = unique_worker
+    task = w.app.tasks["unique.running"]
+    user = _user("running")
+    first = task.delay(user_id=user)
+    wait_for(lambda: w.started(user))
+    second = task.delay(user_id=user)  # published: only running is exclusive
+    with pytest.raises(DuplicateTaskError) as refused:
+        second.get(timeout=30)
+    assert refused.value.existing_task_id == first.id
+    w.go(user)
+    assert first.get(timeout=30) == user
+    assert [task_id for task_id, _ in w.started(user)] == [first.id]
+
+
+def test_concurrent_delays_from_threads_and_processes_publish_exactly_one(
+    unique_worker: UniqueWorker,
+) -> None:
+    w = unique_worker
+    user = _user("burst")
+    start_at = time.time() + 3  # both processes are importing by then
+    spawn = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(2, mp_context=spawn) as pool:
+        bursts = [pool.submit(publish_burst, w.urls, user, 20, start_at) for _ in range(2)]
+        outcomes = [outcome for burst in bursts for outcome in burst.result(timeout=60)]
+    published = [outcome for outcome in outcomes if outcome != "duplicate"]
+    assert len(outcomes) == 40
+    assert len(published) == 1
+    w.go(user)
+    w.app.AsyncResult(published[0]).get(timeout=30)
+    assert [task_id for task_id, _ in w.started(user)] == published
+
+
+def test_metrics_count_duplicates_refused(unique_worker: UniqueWorker) -> None:
+    w = unique_worker
+    registry = CollectorRegistry()
+    observer = MetricsObserver(TaskMetrics(registry))
+    dispatcher = dispatcher_for(w.app)
+    dispatcher.subscribe(observer)
+    hold = w.app.tasks["unique.hold"]
+    user = _user("metrics")
+    labels = {"task": "unique.hold", "queue": "unknown", "side": "caller"}
+    try:
+        first = hold.delay(user_id=user)
+        for _ in range(2):
+            with pytest.raises(DuplicateTaskError):
+                hold.delay(user_id=user)
+        assert registry.get_sample_value("celery_task_duplicates_refused_total", labels) == 2
+        w.go(user)
+        first.get(timeout=30)
+    finally:
+        dispatcher.unsubscribe(observer)
