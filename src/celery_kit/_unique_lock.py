@@ -71,17 +71,22 @@ def _store(url: str) -> _Store:
 
 
 class _Renewer:
-    """A daemon thread extending the leases held by this process, one pipeline per tick."""
+    """A daemon thread extending the leases held by this process, each a third before it ends.
+
+    Only leases that are due are renewed (one pipeline per lock store), so a task shorter
+    than a third of its lease costs no renewal at all.
+    """
 
     def __init__(self) -> None:
-        self._held: dict[tuple[str, str], tuple[_Store, int]] = {}
+        #: (key, owner value) -> (store, lease in ms, when the renewal is due)
+        self._held: dict[tuple[str, str], tuple[_Store, int, float]] = {}
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._pid = 0
 
     def hold(self, store: _Store, key: str, value: str, lease_ms: int) -> None:
         with self._lock:
-            self._held[(key, value)] = (store, lease_ms)
+            self._held[(key, value)] = (store, lease_ms, time.monotonic() + lease_ms / 3000)
             if self._pid != os.getpid():  # first use in this process (threads do not survive fork)
                 self._pid = os.getpid()
                 threading.Thread(target=self._loop, name="celery_kit-unique-renewer", daemon=True).start()
@@ -94,21 +99,21 @@ class _Renewer:
     def _loop(self) -> None:
         while True:
             with self._lock:
-                held = dict(self._held)
-            if not held:
-                self._wake.wait()
+                due_at = min((due for _, _, due in self._held.values()), default=None)
+            if due_at is None or due_at > time.monotonic():
+                self._wake.wait(None if due_at is None else due_at - time.monotonic())
                 self._wake.clear()
                 continue
-            interval = min(lease for _, lease in held.values()) / 3000
-            self._wake.wait(interval)
-            self._wake.clear()
+            now = time.monotonic()
             with self._lock:
-                held = dict(self._held)
-            self._renew(held)
+                due = {item: entry for item, entry in self._held.items() if entry[2] <= now}
+                for (key, value), (store, lease_ms, _) in due.items():
+                    self._held[(key, value)] = (store, lease_ms, now + lease_ms / 3000)
+            self._renew(due)
 
-    def _renew(self, held: dict[tuple[str, str], tuple[_Store, int]]) -> None:
+    def _renew(self, held: dict[tuple[str, str], tuple[_Store, int, float]]) -> None:
         by_store: dict[_Store, list[tuple[str, str, int]]] = {}
-        for (key, value), (store, lease_ms) in held.items():
+        for (key, value), (store, lease_ms, _) in held.items():
             by_store.setdefault(store, []).append((key, value, lease_ms))
         for store, items in by_store.items():
             try:
