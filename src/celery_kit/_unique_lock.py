@@ -166,6 +166,8 @@ class UniqueGuard:
         self.schema = task.payload_schema
         self.ttl_ms = int(unique.ttl * 1000)
         self.lease_ms = int(unique.lease * 1000)
+        # The wire form reveals secret fields: keep them out of Redis key names and errors.
+        self._hash_keys = bool(getattr(self.schema, "has_secrets", False))
         self._check_fields()
         signals.task_revoked.connect(_release_revoked, weak=False, dispatch_uid="celery_kit.unique.revoked")
 
@@ -207,7 +209,7 @@ class UniqueGuard:
             part = json.dumps(
                 [_lookup(payload, path) for path in on], sort_keys=True, separators=(",", ":"), default=str
             )
-        if len(part) > _MAX_READABLE_KEY:
+        if self._hash_keys or len(part) > _MAX_READABLE_KEY:
             part = "sha256:" + sha256(part.encode()).hexdigest()
         return f"{_KEY_PREFIX}{self.task_name}:{part}"
 
