@@ -43,9 +43,7 @@ class UniqueWorker:
     urls: tuple[str, str, str, str, str]
 
     def started(self, user_id: str) -> list[tuple[str, int]]:
-        entries = (
-            raw.decode().split() for raw in self.state.lrange(f"{self.prefix}:started:{user_id}", 0, -1)
-        )
+        entries = (_text(raw).split() for raw in self.state.lrange(f"{self.prefix}:started:{user_id}", 0, -1))
         return [(task_id, int(pid)) for task_id, pid in entries]
 
     def go(self, user_id: str) -> None:
@@ -53,7 +51,7 @@ class UniqueWorker:
 
     def lock(self, task: str, user_id: str) -> str | None:
         value = self.locks.get(f"celery_kit:unique:{task}:{json.dumps([user_id])}")
-        return None if value is None else value.decode()
+        return None if value is None else _text(value)
 
     def lock_ttl_ms(self, task: str, user_id: str) -> int:
         return int(self.locks.pttl(f"celery_kit:unique:{task}:{json.dumps([user_id])}"))
@@ -98,6 +96,10 @@ def unique_worker(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> I
             state.delete(key)
         state.close()
         lock_store.stop()
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 def _user(name: str) -> str:
