@@ -202,6 +202,19 @@ def test_redelivery_after_a_kill_runs_the_original_message(unique_worker: Unique
     assert w.lock("unique.redelivered", user) is None
 
 
+def test_a_revoked_task_releases_its_lock_from_the_main_process(unique_worker: UniqueWorker) -> None:
+    w = unique_worker
+    task = w.app.tasks["unique.revocable"]  # a 60 s lease: only the release can free it in time
+    user = _user("revoke")
+    result = task.delay(user_id=user, wait=60)
+    wait_for(lambda: w.started(user))
+    result.revoke(terminate=True, signal="SIGKILL")
+    wait_for(lambda: w.lock("unique.revocable", user) is None, timeout=15)
+    again = task.delay(user_id=user)
+    w.go(user)
+    assert again.get(timeout=30) == user
+
+
 def test_running_mode_queues_both_but_runs_one(unique_worker: UniqueWorker) -> None:
     w = unique_worker
     task = w.app.tasks["unique.running"]

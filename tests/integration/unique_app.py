@@ -88,6 +88,14 @@ def build_app(broker_url: str, backend_url: str, queue: str, lock_url: str, pref
         return attempts
 
     @validated_task(
+        app, name="unique.revocable", bind=True, unique=Unique(on=("user_id",), ttl=TTL, lease=60)
+    )
+    def revocable(self: Any, payload: Hold) -> str:
+        record("started", self.request.id, payload.user_id)
+        hold(payload.user_id, payload.wait)
+        return payload.user_id
+
+    @validated_task(
         app,
         name="unique.running",
         bind=True,
