@@ -56,7 +56,9 @@ def _keys(client: redis.Redis, name: str) -> list[str]:
 def test_a_duplicate_is_refused_with_the_holder_and_nothing_is_published(
     locked_app: Celery, unique: str
 ) -> None:
-    @validated_task(locked_app, name=f"checkout-{unique}", unique=Unique(on=("order.id",), ttl=60))
+    @validated_task(
+        locked_app, shared=False, name=f"checkout-{unique}", unique=Unique(on=("order.id",), ttl=60)
+    )
     def checkout(payload: Checkout) -> None: ...
 
     first = checkout.delay(order={"id": 7, "region": "eu"})
@@ -74,10 +76,10 @@ def test_keys_are_canonical_json_and_namespaced_by_task(
 ) -> None:
     options = {"unique": Unique(on=("filters", "order.region"), ttl=60)}
 
-    @validated_task(locked_app, name=f"one-{unique}", **options)
+    @validated_task(locked_app, shared=False, name=f"one-{unique}", **options)
     def one(payload: Checkout) -> None: ...
 
-    @validated_task(locked_app, name=f"two-{unique}", **options)
+    @validated_task(locked_app, shared=False, name=f"two-{unique}", **options)
     def two(payload: Checkout) -> None: ...
 
     one.delay(order={"id": 1, "region": "eu"}, filters={"b": 1, "a": 2})
@@ -89,7 +91,7 @@ def test_keys_are_canonical_json_and_namespaced_by_task(
 
 
 def test_a_signature_task_keys_on_its_parameters(locked_app: Celery, unique: str) -> None:
-    @validated_task(locked_app, name=f"sig-{unique}", unique=Unique(on=("user_id",), ttl=60))
+    @validated_task(locked_app, shared=False, name=f"sig-{unique}", unique=Unique(on=("user_id",), ttl=60))
     def notify(user_id: int, text: str = "") -> None: ...
 
     notify.delay(3, "hi")
@@ -105,7 +107,7 @@ def test_a_callable_key_gets_the_validated_model(locked_app: Celery, unique: str
         seen.append(payload)
         return payload.order.region
 
-    @validated_task(locked_app, name=f"call-{unique}", unique=Unique(on=key, ttl=60))
+    @validated_task(locked_app, shared=False, name=f"call-{unique}", unique=Unique(on=key, ttl=60))
     def checkout(payload: Checkout) -> None: ...
 
     checkout.delay(order={"id": 1, "region": "eu"})
@@ -118,7 +120,9 @@ def test_a_callable_key_gets_the_validated_model(locked_app: Celery, unique: str
 def test_secret_fields_never_reach_the_key(
     locked_app: Celery, unique: str, redis_client: redis.Redis
 ) -> None:
-    @validated_task(locked_app, name=f"login-{unique}", unique=Unique(on=("user", "password"), ttl=60))
+    @validated_task(
+        locked_app, shared=False, name=f"login-{unique}", unique=Unique(on=("user", "password"), ttl=60)
+    )
     def login(payload: Login) -> None: ...
 
     login.delay(user="ann", password="hunter2-secret")
@@ -131,7 +135,9 @@ def test_secret_fields_never_reach_the_key(
 
 
 def test_skip_returns_the_existing_result_without_publishing(locked_app: Celery, unique: str) -> None:
-    @validated_task(locked_app, name=f"skip-{unique}", unique=Unique(on=("order.id",), on_duplicate="skip"))
+    @validated_task(
+        locked_app, shared=False, name=f"skip-{unique}", unique=Unique(on=("order.id",), on_duplicate="skip")
+    )
     def checkout(payload: Checkout) -> None: ...
 
     first = checkout.delay(order={"id": 1, "region": "eu"})
@@ -150,7 +156,7 @@ def test_a_failed_publish_releases_the_lock(redis_url: str, redis_client: redis.
         task_time_limit=10,
     )
 
-    @validated_task(app, name=f"down-{unique}", unique=Unique(on=("order.id",), ttl=60))
+    @validated_task(app, shared=False, name=f"down-{unique}", unique=Unique(on=("order.id",), ttl=60))
     def checkout(payload: Checkout) -> None: ...
 
     for _ in range(2):  # the second call fails the same way: no lock was left behind
@@ -163,14 +169,16 @@ def test_a_failed_publish_releases_the_lock(redis_url: str, redis_client: redis.
 def test_the_lock_store_is_a_redis_broker_or_the_setting(unique: str, redis_url: str) -> None:
     redis_app = Celery(f"r-{unique}", broker=redis_url, set_as_current=False)
 
-    @validated_task(redis_app, name=f"r-{unique}", unique=Unique(on=("order.id",)), time_limit=9)
+    @validated_task(
+        redis_app, shared=False, name=f"r-{unique}", unique=Unique(on=("order.id",)), time_limit=9
+    )
     def on_redis(payload: Checkout) -> None: ...
 
     assert redis_app.tasks[f"r-{unique}"]._unique_guard.url == redis_url
 
     amqp_app = Celery(f"a-{unique}", broker="amqp://guest:guest@127.0.0.1:5672//", set_as_current=False)
 
-    @validated_task(amqp_app, name=f"a-{unique}", unique=Unique(on=("order.id",)), time_limit=9)
+    @validated_task(amqp_app, shared=False, name=f"a-{unique}", unique=Unique(on=("order.id",)), time_limit=9)
     def on_amqp(payload: Checkout) -> None: ...
 
     with pytest.raises(ConfigurationError, match="celery_kit_unique_url"):
@@ -194,7 +202,9 @@ def test_bad_unique_options_are_refused(options: dict[str, Any], match: str) -> 
 
 
 def test_unknown_fields_are_refused_at_registration(locked_app: Celery, unique: str) -> None:
-    @validated_task(locked_app, name=f"bad-{unique}", unique=Unique(on=("order.id", "user")), time_limit=9)
+    @validated_task(
+        locked_app, shared=False, name=f"bad-{unique}", unique=Unique(on=("order.id", "user")), time_limit=9
+    )
     def checkout(payload: Checkout) -> None: ...
 
     with pytest.raises(ConfigurationError, match=r"\['user'\]"):

@@ -53,7 +53,9 @@ def build_app(broker_url: str, backend_url: str, queue: str, lock_url: str, pref
     def hold(user_id: str, wait: float) -> None:
         state.blpop([f"{prefix}:go:{user_id}"], timeout=wait)
 
-    @validated_task(app, name="unique.hold", unique=Unique(on=("user_id",), ttl=TTL, lease=LEASE), bind=True)
+    @validated_task(
+        app, shared=False, name="unique.hold", unique=Unique(on=("user_id",), ttl=TTL, lease=LEASE), bind=True
+    )
     def hold_task(self: Any, payload: Hold) -> str:
         record("started", self.request.id, payload.user_id)
         hold(payload.user_id, payload.wait)
@@ -61,6 +63,7 @@ def build_app(broker_url: str, backend_url: str, queue: str, lock_url: str, pref
 
     @validated_task(
         app,
+        shared=False,
         name="unique.flaky",
         bind=True,
         unique=Unique(on=("user_id",), ttl=TTL, lease=LEASE),
@@ -75,6 +78,7 @@ def build_app(broker_url: str, backend_url: str, queue: str, lock_url: str, pref
 
     @validated_task(
         app,
+        shared=False,
         name="unique.redelivered",
         bind=True,
         acks_late=True,
@@ -88,7 +92,11 @@ def build_app(broker_url: str, backend_url: str, queue: str, lock_url: str, pref
         return attempts
 
     @validated_task(
-        app, name="unique.revocable", bind=True, unique=Unique(on=("user_id",), ttl=TTL, lease=60)
+        app,
+        shared=False,
+        name="unique.revocable",
+        bind=True,
+        unique=Unique(on=("user_id",), ttl=TTL, lease=60),
     )
     def revocable(self: Any, payload: Hold) -> str:
         record("started", self.request.id, payload.user_id)
@@ -97,6 +105,7 @@ def build_app(broker_url: str, backend_url: str, queue: str, lock_url: str, pref
 
     @validated_task(
         app,
+        shared=False,
         name="unique.running",
         bind=True,
         unique=Unique(on=lambda p: p.user_id, ttl=TTL, lease=LEASE, mode="running"),
