@@ -23,10 +23,10 @@ from prometheus_client import CollectorRegistry
 
 from celery_kit import DuplicateTaskError, dispatcher_for
 from celery_kit.metrics import MetricsObserver, TaskMetrics
-from celery_kit.testing import WorkerProcess
+from celery_kit.testing import WorkerProcess, read_metric
 
 from .._brokers import PrivateRedis, drop_queue
-from .._support import wait_for
+from .._support import free_port, wait_for
 from ..conftest import RUN_ID
 from .unique_app import LEASE, build_app, publish_burst
 
@@ -41,6 +41,7 @@ class UniqueWorker:
     locks: redis.Redis
     prefix: str
     urls: tuple[str, str, str, str, str]
+    metrics_port: int
 
     def started(self, user_id: str) -> list[tuple[str, int]]:
         entries = (_text(raw).split() for raw in self.state.lrange(f"{self.prefix}:started:{user_id}", 0, -1))
@@ -68,6 +69,7 @@ def unique_worker(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> I
     prefix = f"kit-unique-{RUN_ID}"
     queue = f"{prefix}-tasks"
     urls = (redis_url, redis_url, queue, lock_store.url, prefix)
+    metrics_port = free_port()
     app = build_app(*urls)
     worker = WorkerProcess(
         "tests.integration.unique_app",
@@ -81,13 +83,14 @@ def unique_worker(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> I
             "KIT_UNIQUE_QUEUE": queue,
             "KIT_UNIQUE_LOCK_URL": lock_store.url,
             "KIT_UNIQUE_PREFIX": prefix,
+            "KIT_UNIQUE_METRICS_PORT": str(metrics_port),
             "PYTHONPATH": str(ROOT),
         },
     )
     state = redis.Redis.from_url(redis_url)
     try:
         worker.start()
-        yield UniqueWorker(app, worker, state, lock_store.client(), prefix, urls)
+        yield UniqueWorker(app, worker, state, lock_store.client(), prefix, urls, metrics_port)
     finally:
         worker.stop()
         worker.remove_log()
@@ -228,6 +231,8 @@ def test_running_mode_queues_both_but_runs_one(unique_worker: UniqueWorker) -> N
     w.go(user)
     assert first.get(timeout=30) == user
     assert [task_id for task_id, _ in w.started(user)] == [first.id]
+    labels = {"task": "unique.running", "side": "worker"}
+    wait_for(lambda: read_metric("celery_task_duplicates_refused_total", labels, port=w.metrics_port) == 1)
 
 
 def test_concurrent_delays_from_threads_and_processes_publish_exactly_one(

@@ -16,7 +16,7 @@ from celery import Celery
 from pydantic import BaseModel
 from tenacity import wait_fixed
 
-from celery_kit import RetryPolicy, Unique, validated_task
+from celery_kit import RetryPolicy, Unique, instrument, validated_task
 
 #: The bound after a kill, short so the kill tests stay short.
 LEASE = 2.0
@@ -33,7 +33,9 @@ class Hold(BaseModel):
     wait: float = 30.0
 
 
-def build_app(broker_url: str, backend_url: str, queue: str, lock_url: str, prefix: str) -> Celery:
+def build_app(
+    broker_url: str, backend_url: str, queue: str, lock_url: str, prefix: str, metrics_port: int = 0
+) -> Celery:
     app = Celery(f"kit_unique_{prefix}", broker=broker_url, backend=backend_url, set_as_current=False)
     app.conf.update(
         task_default_queue=queue,
@@ -44,6 +46,8 @@ def build_app(broker_url: str, backend_url: str, queue: str, lock_url: str, pref
         task_time_limit=50,
         celery_kit_unique_url=lock_url,
     )
+    if metrics_port:  # the worker: its metrics count duplicates refused on its side
+        instrument(app, logging=False, alerts=None, health=False, metrics_port=metrics_port)
     state = redis.Redis.from_url(backend_url)
 
     def record(kind: str, task_id: str, user_id: str) -> int:
@@ -150,4 +154,5 @@ if os.environ.get("KIT_UNIQUE_PREFIX"):  # imported by the worker (-A): build fr
         os.environ["KIT_UNIQUE_QUEUE"],
         os.environ["KIT_UNIQUE_LOCK_URL"],
         os.environ["KIT_UNIQUE_PREFIX"],
+        int(os.environ["KIT_UNIQUE_METRICS_PORT"]),
     )
