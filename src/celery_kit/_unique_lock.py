@@ -21,6 +21,7 @@ from typing import Any
 import redis
 from celery import signals
 from celery.exceptions import Ignore, Reject, Retry
+from pydantic import ValidationError
 
 from ._errors import ConfigurationError, DuplicateTaskError
 from ._events import Classification, EventType, FailureKind, TaskEvent, dispatcher_for
@@ -359,6 +360,8 @@ def guarded_run(run: Callable[..., Any]) -> Callable[..., Any]:
             return run(self, *args, **kwargs)
         try:
             held = guard.claim(self, request, args, kwargs)
+        except ValidationError:  # a raw message with no key header and an invalid payload:
+            return run(self, *args, **kwargs)  # the run refuses it as it refuses any
         except redis.RedisError as exc:
             payload = guard.schema.named(args, kwargs) if guard.schema is not None else kwargs
             self._handle_failure(exc, request, payload, time.time())  # the retry policy decides

@@ -21,7 +21,7 @@ import redis
 from celery import Celery
 from prometheus_client import CollectorRegistry
 
-from celery_kit import DuplicateTaskError, dispatcher_for
+from celery_kit import DuplicateTaskError, PayloadValidationError, dispatcher_for
 from celery_kit.metrics import MetricsObserver, TaskMetrics
 from celery_kit.testing import WorkerProcess, read_metric
 
@@ -30,6 +30,7 @@ from .._support import free_port, wait_for
 from ..conftest import RUN_ID
 from .unique_app import LEASE, build_app, publish_burst
 
+pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -134,6 +135,23 @@ def test_a_second_delay_for_a_key_publishes_nothing_and_other_keys_are_free(
     assert [task_id for task_id, _ in w.started(user)] == [first.id, again.id]
 
 
+def test_a_message_published_around_the_kit_gets_the_same_key(unique_worker: UniqueWorker) -> None:
+    w = unique_worker
+    user = _user("raw")
+    first = w.app.tasks["unique.hold"].delay(user_id=user)
+    wait_for(lambda: w.started(user))
+    raw = w.app.send_task("unique.hold", args=[{"user_id": user, "wait": 1}])  # no key header
+    with pytest.raises(DuplicateTaskError) as refused:  # the worker built the key itself
+        raw.get(timeout=30)
+    assert refused.value.existing_task_id == first.id
+    invalid = w.app.send_task("unique.hold", args=[{"wait": 1}])  # refused as any invalid payload
+    with pytest.raises(PayloadValidationError):
+        invalid.get(timeout=30)
+    w.go(user)
+    assert first.get(timeout=30) == user
+    assert [task_id for task_id, _ in w.started(user)] == [first.id]
+
+
 def test_the_lock_costs_one_script_call_on_publish_one_at_start_and_one_at_finish(
     unique_worker: UniqueWorker,
 ) -> None:
@@ -159,7 +177,7 @@ def test_a_retry_keeps_the_lock_and_the_final_outcome_releases_it(unique_worker:
     user = _user("retry")
     result = flaky.delay(user_id=user)
     wait_for(lambda: w.started(user))
-    w.go(user)  # the first attempt raises ConnectionError: retried in 2 s
+    w.go(user)  # the first attempt raises ConnectionError: retried in 3 s
     wait_for(lambda: result.state == "RETRY")
     assert len(w.started(user)) == 1  # between the attempts, the lock is kept for its ttl
     holder = w.lock("unique.flaky", user)

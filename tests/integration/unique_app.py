@@ -71,7 +71,7 @@ def build_app(
         name="unique.flaky",
         bind=True,
         unique=Unique(on=("user_id",), ttl=TTL, lease=LEASE),
-        retry=RetryPolicy(retry_on=(ConnectionError,), max_retries=2, wait=wait_fixed(2)),
+        retry=RetryPolicy(retry_on=(ConnectionError,), max_retries=2, wait=wait_fixed(3)),
     )
     def flaky(self: Any, payload: Account) -> int:
         attempts = record("started", self.request.id, payload.user_id)
