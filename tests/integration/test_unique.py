@@ -192,12 +192,20 @@ def test_a_retry_keeps_the_lock_and_the_final_outcome_releases_it(unique_worker:
     assert w.lock("unique.flaky", user) is None
 
 
-def test_kill_9_mid_task_frees_the_key_within_the_lease(unique_worker: UniqueWorker) -> None:
+def test_a_running_task_renews_its_lock_and_kill_9_frees_it_within_the_lease(
+    unique_worker: UniqueWorker,
+) -> None:
     w = unique_worker
     hold = w.app.tasks["unique.hold"]
     user = _user("kill")
-    hold.delay(user_id=user, wait=60)
+    first = hold.delay(user_id=user, wait=60)
     wait_for(lambda: w.started(user))
+    running_since = time.monotonic()
+    time.sleep(LEASE * 1.5)  # past its first lease: only the renewals keep it
+    assert time.monotonic() - running_since > LEASE
+    holder = w.lock("unique.hold", user)
+    assert holder is not None
+    assert holder.startswith(f"{first.id}|")
     ((_, pid),) = w.started(user)
     os.kill(pid, signal.SIGKILL)
     killed = time.monotonic()
