@@ -163,6 +163,7 @@ class ValidatedTask(celery.Task):  # type: ignore[misc]
       options are translated into one, so validation errors are never auto-retried.
     * ``max_payload_bytes``: this task's payload cap, overriding the app setting
       ``celery_kit_max_payload_bytes`` (256 KiB by default; 0 disables the cap).
+    * ``unique``: a :class:`~celery_kit.Unique`, one task per payload key (locks in Redis).
     """
 
     #: Reports hard time limits on every supported Celery version (see ``_request.py``).
