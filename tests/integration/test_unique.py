@@ -261,6 +261,21 @@ def test_running_mode_queues_both_but_runs_one(unique_worker: UniqueWorker) -> N
     wait_for(lambda: read_metric("celery_task_duplicates_refused_total", labels, port=w.metrics_port) == 1)
 
 
+def test_running_mode_with_skip_drops_the_duplicate_on_the_worker(unique_worker: UniqueWorker) -> None:
+    w = unique_worker
+    task = w.app.tasks["unique.running_skip"]
+    user = _user("skip")
+    first = task.delay(user_id=user)
+    wait_for(lambda: w.started(user))
+    second = task.delay(user_id=user)
+    labels = {"task": "unique.running_skip", "side": "worker"}
+    wait_for(lambda: read_metric("celery_task_duplicates_refused_total", labels, port=w.metrics_port) == 1)
+    w.go(user)
+    assert first.get(timeout=30) == user
+    assert second.state == "PENDING"  # dropped as Celery's Ignore drops it: no result stored
+    assert [task_id for task_id, _ in w.started(user)] == [first.id]
+
+
 def test_concurrent_delays_from_threads_and_processes_publish_exactly_one(
     unique_worker: UniqueWorker,
 ) -> None:

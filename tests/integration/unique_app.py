@@ -119,6 +119,18 @@ def build_app(
         hold(payload.user_id, payload.wait)
         return payload.user_id
 
+    @validated_task(
+        app,
+        shared=False,
+        name="unique.running_skip",
+        bind=True,
+        unique=Unique(on=("user_id",), ttl=TTL, lease=LEASE, mode="running", on_duplicate="skip"),
+    )
+    def running_skip(self: Any, payload: Hold) -> str:
+        record("started", self.request.id, payload.user_id)
+        hold(payload.user_id, payload.wait)
+        return payload.user_id
+
     return app
 
 
