@@ -237,7 +237,9 @@ class UniqueGuard:
     ) -> Any:
         """Take the lock (``queued``), publish with the header, release if the publish fails."""
         headers = options.get("headers") or {}
-        if UNIQUE_HEADER in headers:  # a retry (or a republish) of a message that has its lock
+        if UNIQUE_HEADER in headers or "retries" in options:
+            # A retry (Celery's ``signature_from_request``), or a republish, of a message
+            # that holds its lock: same task id and token (none if it came without the header).
             return send(task_id or str(uuid.uuid4()), options)
         key = self.key_of(args, kwargs)
         task_id = task_id or str(uuid.uuid4())

@@ -152,6 +152,16 @@ def test_a_message_published_around_the_kit_gets_the_same_key(unique_worker: Uni
     assert [task_id for task_id, _ in w.started(user)] == [first.id]
 
 
+def test_a_raw_message_keeps_its_lock_across_a_retry(unique_worker: UniqueWorker) -> None:
+    w = unique_worker
+    user = _user("raw-retry")
+    raw = w.app.send_task("unique.flaky", args=[{"user_id": user}])  # no key header, no token
+    wait_for(lambda: w.started(user))
+    w.go(user)  # fails once, retried with the same task id: it claims its own lock again
+    assert raw.get(timeout=30) == 2
+    assert w.lock("unique.flaky", user) is None
+
+
 def test_the_lock_costs_one_script_call_on_publish_one_at_start_and_one_at_finish(
     unique_worker: UniqueWorker,
 ) -> None:
