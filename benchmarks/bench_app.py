@@ -17,6 +17,9 @@ from celery import Celery
 from pydantic import BaseModel
 
 VARIANTS = ("plain", "pydantic", "kit", "kit_full")
+#: ``kit_full`` with ``bench.send`` unique per ``subject`` (one Redis lock per message), for
+#: the end-to-end Redis run; the locks live in ``BENCH_LOCK_URL`` (default: the bench Redis).
+UNIQUE = "kit_full+unique"
 #: ``kit+<part>``: ``kit`` with one part of ``instrument()`` on (benchmarks/instructions.py).
 INSTRUMENT_PARTS = ("logging", "metrics", "alerts", "health")
 SMALL = {"to": "ada@example.com", "subject": "Hello", "body": "Hi Ada, your report is ready."}
@@ -81,8 +84,16 @@ def build(variant: str, broker_url: str, queue: str, counter_url: str | None, co
         from celery_kit import instrument, validated_task
 
         port = int(os.environ.get("BENCH_METRICS_PORT", "0"))
-        if variant == "kit_full":
+        send_options: dict[str, Any] = {}
+        if variant in ("kit_full", UNIQUE):
             instrument(app, json_logs=True, metrics_port=port)
+            if variant == UNIQUE:
+                from celery_kit import Unique
+
+                lock_url = os.environ.get("BENCH_LOCK_URL") or os.environ.get(
+                    "BENCH_REDIS_URL", "redis://127.0.0.1:6379/12"
+                )
+                send_options["unique"] = Unique(on=("subject",), ttl=600, url=lock_url)
         elif variant.startswith("kit+"):  # one part of instrument() on, for the breakdown
             part = variant.removeprefix("kit+")
             if part not in INSTRUMENT_PARTS:
@@ -94,7 +105,7 @@ def build(variant: str, broker_url: str, queue: str, counter_url: str | None, co
                 parts[part] = True
             instrument(app, json_logs=True, metrics_port=port, **parts)
 
-        @validated_task(app, name="bench.send", shared=False)
+        @validated_task(app, name="bench.send", shared=False, **send_options)
         def send(payload: Email) -> None:
             done()
 
@@ -112,6 +123,15 @@ def call(variant: str, heavy: bool) -> tuple[str, tuple[Any, ...], dict[str, Any
     if variant == "plain":
         return name, (), dict(payload)
     return name, (dict(payload),), {}
+
+
+def distinct_calls(variant: str, n: int) -> list[tuple[tuple[Any, ...], dict[str, Any]]] | None:
+    """For the unique variant: ``n`` calls with a key each (a fresh ``subject``), built
+    before the timer starts; ``None`` for the others, which repeat one call."""
+    if variant != UNIQUE:
+        return None
+    run = os.urandom(4).hex()
+    return [(({**SMALL, "subject": f"Hello {run}-{i}"},), {}) for i in range(n)]
 
 
 class ProcessLogging:
@@ -139,7 +159,7 @@ class ProcessLogging:
     def use(self, variant: str, level: int = std_logging.INFO) -> None:
         """Set up the process's logging as ``variant``'s worker would have it, at ``level``."""
         root = std_logging.getLogger()
-        if variant in ("kit_full", "kit+logging"):
+        if variant in ("kit_full", UNIQUE, "kit+logging"):
             from celery_kit.logging import configure_logging
 
             root.handlers = []

@@ -35,7 +35,7 @@ import celery  # noqa: E402
 import pydantic  # noqa: E402
 import redis  # noqa: E402
 
-from benchmarks.bench_app import VARIANTS  # noqa: E402
+from benchmarks.bench_app import UNIQUE, VARIANTS  # noqa: E402
 from celery_kit.testing import WorkerProcess  # noqa: E402
 
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/12")
@@ -53,7 +53,7 @@ class VariantProcesses:
     own users' processes would, while the rounds stay interleaved.
     """
 
-    def __init__(self, variants: tuple[str, ...] = VARIANTS) -> None:
+    def __init__(self, variants: tuple[str, ...] = (*VARIANTS, UNIQUE)) -> None:
         env = {
             **os.environ,
             "PYTHONPATH": os.pathsep.join(filter(None, (str(ROOT), os.environ.get("PYTHONPATH")))),
@@ -100,7 +100,7 @@ PROCESSES: VariantProcesses
 
 
 #: The order variants run in within a round (the table keeps ``VARIANTS`` order).
-RUN_ORDER = ("pydantic", "plain", "kit_full", "kit")
+RUN_ORDER = ("pydantic", "plain", "kit_full", UNIQUE, "kit")
 
 
 def interleaved(
@@ -313,17 +313,20 @@ def _middle_half(samples: list[float], baseline: list[float]) -> str:
 
 
 def table(results: dict[str, Any]) -> str:
+    measured = [results[name] for name in UNITS if name in results]
+    # The unique variant runs end to end on Redis only: a column when it was measured.
+    columns = (*VARIANTS, *((UNIQUE,) if any(UNIQUE in row["median"] for row in measured) else ()))
     lines = [
         "| measurement | unit | "
-        + " | ".join(VARIANTS)
+        + " | ".join(columns)
         + " | kit_full / plain | middle half of the rounds | target |",
-        "|---|---|" + "---|" * len(VARIANTS) + "---|---|---|",
+        "|---|---|" + "---|" * len(columns) + "---|---|---|",
     ]
     for name, unit in UNITS.items():
         if name not in results:
             continue
         row = results[name]
-        values = " | ".join(f"{row['median'][v]:,.1f}" if v in row["median"] else "-" for v in VARIANTS)
+        values = " | ".join(f"{row['median'][v]:,.1f}" if v in row["median"] else "-" for v in columns)
         goals = []
         for target in check_targets(name, row):
             goal = target["goal"]
@@ -337,7 +340,7 @@ def table(results: dict[str, Any]) -> str:
         rss = results["e2e_redis"]["rss_kib"]
         values = " | ".join(
             f"{(rss[v]['main_kib'] + rss[v]['children_kib']) / 1024:,.1f}" if v in rss else "-"
-            for v in VARIANTS
+            for v in columns
         )
         extra = (rss["kit_full"]["main_kib"] + rss["kit_full"]["children_kib"]) - (
             rss["plain"]["main_kib"] + rss["plain"]["children_kib"]
@@ -418,7 +421,7 @@ def main() -> int:
         "apply_heavy": lambda: bench_in_process(n_call // 3, rounds, heavy=True, direct=False),
         "call_small": lambda: bench_in_process(n_call, rounds, heavy=False, direct=True),
         "producer_redis": lambda: bench_producer(n_pub, pub_rounds),
-        "e2e_redis": lambda: bench_end_to_end(REDIS_URL, n_e2e, e2e_rounds, e2e_variants),
+        "e2e_redis": lambda: bench_end_to_end(REDIS_URL, n_e2e, e2e_rounds, (*e2e_variants, UNIQUE)),
         "e2e_rabbitmq": lambda: bench_end_to_end(AMQP_URL, n_e2e, e2e_rounds, e2e_variants),
     }
     try:
@@ -474,7 +477,10 @@ Celery {m["celery"]}, pydantic {m["pydantic"]}, {m["cpus"]} CPUs ({m["platform"]
 - **pydantic**: Celery's own `pydantic=True`;
 - **kit**: `@validated_task` (validation in the caller and on the worker);
 - **kit_full**: `@validated_task` with `instrument(app)` fully on (JSON logs of every
-  lifecycle step, Prometheus metrics, alerts, health).
+  lifecycle step, Prometheus metrics, alerts, health);
+- **kit_full+unique** (`e2e_redis` only): `kit_full` with `unique=Unique(on=("subject",))`,
+  a fresh key per message: one Redis lock per task, three script calls (publish, start,
+  finish; see [Unique tasks](uniqueness.md)).
 
 ## How it is measured
 

@@ -27,7 +27,7 @@ from typing import Any, TextIO
 
 from celery import Celery
 
-from benchmarks.bench_app import ProcessLogging, build, call
+from benchmarks.bench_app import ProcessLogging, build, call, distinct_calls
 
 
 class VariantProcess:
@@ -64,9 +64,14 @@ class VariantProcess:
         app = self.app(broker, queue)
         name, args, kwargs = call(self.variant, False)
         task = app.tasks[name]
+        distinct = distinct_calls(self.variant, n)
         started = time.perf_counter()
-        for _ in range(n):
-            task.apply_async(args, kwargs)
+        if distinct is None:
+            for _ in range(n):
+                task.apply_async(args, kwargs)
+        else:  # one lock per message: a fresh key each
+            for args, kwargs in distinct:
+                task.apply_async(args, kwargs)
         elapsed = time.perf_counter() - started
         if purge:
             with app.connection_for_write() as conn:

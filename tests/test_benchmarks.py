@@ -72,7 +72,7 @@ def _run_variant(*arguments: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-@pytest.mark.parametrize("variant", ["plain", "kit_full", "kit+metrics"])
+@pytest.mark.parametrize("variant", ["plain", "kit_full", "kit+metrics", "kit_full+unique"])
 def test_a_variant_process_runs_once_on_request(variant: str) -> None:
     for run in ("apply", "publish"):
         done = _run_variant(variant, "--run", run, "--calls", "5")

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
         CeleryKitError,
         ChainPayloadError,
         ConfigurationError,
+        DuplicateTaskError,
         MessageRejectedError,
         PayloadTooLargeError,
         PayloadValidationError,
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
         ValidatedTask,
         validated_task,
     )
+    from ._unique import Unique
 
 __version__ = "0.1.0"
 
@@ -49,6 +51,7 @@ __all__ = [
     "ChainPayloadError",
     "ConfigurationError",
     "Dispatcher",
+    "DuplicateTaskError",
     "EventType",
     "FailureKind",
     "Instrumentation",
@@ -60,6 +63,7 @@ __all__ = [
     "RejectReason",
     "RetryPolicy",
     "TaskEvent",
+    "Unique",
     "ValidatedTask",
     "__version__",
     "dispatcher_for",
@@ -74,6 +78,7 @@ _EXPORTS = {
     "ChainPayloadError": "._errors",
     "ConfigurationError": "._errors",
     "MessageRejectedError": "._errors",
+    "DuplicateTaskError": "._errors",
     "PayloadTooLargeError": "._errors",
     "PayloadValidationError": "._errors",
     "PermanentError": "._errors",
@@ -92,6 +97,7 @@ _EXPORTS = {
     "MAX_PAYLOAD_SETTING": "._task",
     "ValidatedTask": "._task",
     "validated_task": "._task",
+    "Unique": "._unique",
 }
 #: Shown as living in ``celery_kit``, the import path users write.
 _REHOMED = (

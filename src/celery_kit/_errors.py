@@ -10,8 +10,10 @@
     ├── PermanentError             raised by task code: fail now, never retry
     ├── ConfigurationError         a task, preset or setting is wrong; raised at import or
     │                              worker start, never in the middle of the night
-    └── MessageRejectedError       stored as the result of a message the worker refused
-                                   before any task ran (malformed, undecodable, unknown task)
+    ├── MessageRejectedError       stored as the result of a message the worker refused
+    │                              before any task ran (malformed, undecodable, unknown task)
+    └── DuplicateTaskError         a unique task's key is taken by another task (its id is
+                                   ``existing_task_id``)
 
 An invalid payload in the *caller* stays :class:`pydantic.ValidationError`, untouched, so
 handlers users already have keep working; a call of the wrong shape (a missing or unknown
@@ -29,6 +31,7 @@ __all__ = [
     "CeleryKitError",
     "ChainPayloadError",
     "ConfigurationError",
+    "DuplicateTaskError",
     "MessageRejectedError",
     "PayloadTooLargeError",
     "PayloadValidationError",
@@ -147,11 +150,36 @@ class MessageRejectedError(CeleryKitError):
         )
 
 
+class DuplicateTaskError(CeleryKitError):
+    """A unique task's key is taken: another task with that key is queued or running.
+
+    Raised by ``delay()``/``apply_async()`` of a task with ``unique=Unique(...,
+    on_duplicate="raise")`` (nothing is published), and stored as the failure of a message
+    that reached a worker while another task held its key. :attr:`existing_task_id` names
+    the holder (``task.AsyncResult(existing_task_id)`` follows it); :attr:`key` is the lock.
+    Survives a JSON result backend: ``args`` are the constructor's arguments.
+    """
+
+    def __init__(self, task_name: str, key: str, existing_task_id: str) -> None:
+        self.task_name = task_name
+        self.key = key
+        self.existing_task_id = existing_task_id
+        super().__init__(task_name, key, existing_task_id)
+
+    def __str__(self) -> str:
+        return (
+            f"task {self.task_name!r} already has a task for key {self.key!r}: "
+            f"{self.existing_task_id}. Follow that one (task.AsyncResult(exc.existing_task_id)), "
+            "or use Unique(on_duplicate='skip') to get its result instead of this error."
+        )
+
+
 for _cls in (
     CeleryKitError,
     ChainPayloadError,
     ConfigurationError,
     MessageRejectedError,
+    DuplicateTaskError,
     PermanentError,
     PayloadTooLargeError,
     PayloadValidationError,

@@ -11,7 +11,8 @@ Per attempt a worker emits ``STARTED`` and then exactly one of ``SUCCEEDED``,
 ``RETRYING``, ``FAILED``, ``REJECTED``, ``IGNORED`` (from the process that ran it), or,
 when the pool process died or was killed at the hard time limit, ``FAILED`` from the
 worker's main process. ``REVOKED`` comes from the main process. Producers emit
-``PUBLISHED``, and ``REFUSED`` when caller-side validation refuses a payload.
+``PUBLISHED``, and ``REFUSED`` when caller-side validation refuses a payload (with
+``reason="duplicate"``: a unique task's key is taken, in the caller or on the worker).
 
 ``MESSAGE_REJECTED`` is not about an attempt: the worker's main process emits it once
 for each message it threw away before any task saw it (see :class:`RejectReason`).

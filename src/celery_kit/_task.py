@@ -44,6 +44,7 @@ from ._payload import PayloadSchema, payload_validation_error
 from ._pools import pool_name
 from ._retry import RetryPolicy
 from ._secret_values import mask_secret_values  # issue 15
+from ._unique import Unique, bind_guard, guard_run
 
 __all__ = [
     "DEFAULT_MAX_PAYLOAD_BYTES",
@@ -165,6 +166,7 @@ class ValidatedTask(celery.Task):  # type: ignore[misc]
       options are translated into one, so validation errors are never auto-retried.
     * ``max_payload_bytes``: this task's payload cap, overriding the app setting
       ``celery_kit_max_payload_bytes`` (256 KiB by default; 0 disables the cap).
+    * ``unique``: a :class:`~celery_kit.Unique`, one task per payload key (locks in Redis).
     """
 
     #: Reports hard time limits on every supported Celery version (see ``_request.py``).
@@ -180,6 +182,9 @@ class ValidatedTask(celery.Task):  # type: ignore[misc]
     payload_schema: ClassVar[PayloadSchema | None] = None
     _soft_timeout_hooks: ClassVar[list[tuple[Callable[..., Any], int]]] = []
     _payload_limit: ClassVar[int] = DEFAULT_MAX_PAYLOAD_BYTES
+    #: ``unique=Unique(...)``: one task per payload key (see ``_unique.py``).
+    unique: ClassVar[Unique | None] = None
+    _unique_guard: ClassVar[Any] = None
     #: Registered through :func:`validated_task`: the kit's registration rules apply even
     #: when the signature declares nothing (they would change a plain Celery task).
     _celery_kit_decorated: ClassVar[bool] = False
@@ -225,6 +230,8 @@ class ValidatedTask(celery.Task):  # type: ignore[misc]
             fun, bound=bound, name=name, validate=not celery_validates, lenient=not cls._celery_kit_decorated
         )
         cls.run = _wrap_run(fun, bound, cls.payload_schema)
+        if cls.unique is not None:  # -- uniqueness hook: claim before the body, release after
+            cls.run = guard_run(cls.run)
         # Celery's add_autoretry_behaviour() wraps ``run`` unless ``_orig_run`` exists;
         # the kit's wrapper applies Celery's autoretry rules itself (_autoretry), so that
         # it knows which attempt is final.
@@ -244,6 +251,8 @@ class ValidatedTask(celery.Task):  # type: ignore[misc]
     def on_bound(cls, app: celery.Celery) -> None:
         """Check time limits and read the payload cap once, when the task joins an app."""
         super().on_bound(app)
+        if cls.unique is not None:  # -- uniqueness hook: the lock store, refused here if unusable
+            cls._unique_guard = bind_guard(cls, app)
         if not cls._kit_rules():
             return  # a task written for plain Celery keeps Celery's rules
         conf = app.conf
@@ -318,6 +327,31 @@ class ValidatedTask(celery.Task):  # type: ignore[misc]
             elif converts:  # Celery's typing=False: the caller checks nothing; the worker still does
                 with contextlib.suppress(ValidationError, PayloadTooLargeError):
                     args, kwargs = self._checked_wire(schema, args, kwargs, options)
+        guard = self._unique_guard
+        if guard is not None and _is_call(args, kwargs):  # -- uniqueness hook: lock, then publish
+            return guard.publish(
+                self,
+                args,
+                kwargs,
+                task_id,
+                options,
+                lambda task_id, options: self._publish(
+                    args, kwargs, task_id, producer, link, link_error, shadow, options
+                ),
+            )
+        return self._publish(args, kwargs, task_id, producer, link, link_error, shadow, options)
+
+    def _publish(
+        self,
+        args: Any,
+        kwargs: Any,
+        task_id: str | None,
+        producer: Any,
+        link: Any,
+        link_error: Any,
+        shadow: str | None,
+        options: dict[str, Any],
+    ) -> Any:
         token = publishing_app.set(self._get_app())
         try:
             return super().apply_async(args, kwargs, task_id, producer, link, link_error, shadow, **options)

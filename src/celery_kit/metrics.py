@@ -136,6 +136,12 @@ class TaskMetrics:
             (*tq, "side"),
             registry=registry,
         )
+        self.duplicates_refused = Counter(
+            f"{p}_task_duplicates_refused",
+            "Unique tasks refused because another task holds their key, in the caller or on the worker.",
+            (*tq, "side"),
+            registry=registry,
+        )
         self.timeouts = Counter(
             f"{p}_task_timeouts", "Time limits hit, soft or hard.", (*tq, "kind"), registry=registry
         )
@@ -285,6 +291,11 @@ class MetricsObserver:
 
     def _on_refused(self, event: TaskEvent) -> None:
         queue = self._queue_label(event.queue)
+        if event.reason == "duplicate":  # a unique task's key is taken (_unique_lock.py)
+            self._child(
+                self.metrics.duplicates_refused, event.task_name, queue, event.detail or "caller"
+            ).inc()
+            return
         self._child(self.metrics.validation_errors, event.task_name, queue, "caller").inc()
 
     def _on_started(self, event: TaskEvent) -> None:

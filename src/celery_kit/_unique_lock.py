@@ -1,0 +1,387 @@
+"""The Redis half of uniqueness: lock store, scripts, renewal, the caller and worker hooks.
+
+See :mod:`celery_kit._unique` for the life of a lock and why each step is where it is.
+Imported only when a unique task is created, since redis-py is an optional dependency.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from hashlib import sha256
+from importlib import resources
+from typing import Any
+
+import redis
+from celery import signals
+from celery.exceptions import Ignore, Reject, Retry
+from pydantic import ValidationError
+
+from ._errors import ConfigurationError, DuplicateTaskError
+from ._events import Classification, EventType, FailureKind, TaskEvent, dispatcher_for
+from ._unique import UNIQUE_HEADER, Unique
+
+__all__ = ["UniqueGuard", "guarded_run"]
+
+logger = logging.getLogger("celery_kit.unique")
+
+_KEY_PREFIX = "celery_kit:unique:"
+#: Canonical keys longer than this are stored as their SHA-256 (Redis keys stay small).
+_MAX_READABLE_KEY = 200
+
+
+# -- the lock store ---------------------------------------------------------------------------
+
+
+def _script_source(name: str) -> str:
+    return resources.files("celery_kit").joinpath("_unique_lua", f"{name}.lua").read_text("utf-8")
+
+
+class _Store:
+    """One Redis client and its four registered scripts, per lock-store URL."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        # redis-py's pool reconnects after a fork, so one client serves every process.
+        self.client = redis.Redis.from_url(url)
+        self.acquire = self.client.register_script(_script_source("acquire"))
+        self.claim = self.client.register_script(_script_source("claim"))
+        self.extend = self.client.register_script(_script_source("extend"))
+        self.release = self.client.register_script(_script_source("release"))
+
+
+_stores: dict[str, _Store] = {}
+_stores_lock = threading.Lock()
+
+
+def _store(url: str) -> _Store:
+    store = _stores.get(url)
+    if store is None:
+        with _stores_lock:
+            store = _stores.setdefault(url, _Store(url))
+    return store
+
+
+# -- renewal while running ------------------------------------------------------------------
+
+
+class _Renewer:
+    """A daemon thread extending the leases held by this process, each a third before it ends.
+
+    Only leases that are due are renewed (one pipeline per lock store), so a task shorter
+    than a third of its lease costs no renewal at all.
+    """
+
+    def __init__(self) -> None:
+        #: (key, owner value) -> (store, lease in ms, when the renewal is due)
+        self._held: dict[tuple[str, str], tuple[_Store, int, float]] = {}
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._pid = 0
+
+    def hold(self, store: _Store, key: str, value: str, lease_ms: int) -> None:
+        with self._lock:
+            self._held[(key, value)] = (store, lease_ms, time.monotonic() + lease_ms / 3000)
+            if self._pid != os.getpid():  # first use in this process (threads do not survive fork)
+                self._pid = os.getpid()
+                threading.Thread(target=self._loop, name="celery_kit-unique-renewer", daemon=True).start()
+        self._wake.set()
+
+    def drop(self, key: str, value: str) -> None:
+        with self._lock:
+            self._held.pop((key, value), None)
+
+    def _loop(self) -> None:
+        while True:
+            with self._lock:
+                due_at = min((due for _, _, due in self._held.values()), default=None)
+            if due_at is None or due_at > time.monotonic():
+                self._wake.wait(None if due_at is None else due_at - time.monotonic())
+                self._wake.clear()
+                continue
+            now = time.monotonic()
+            with self._lock:
+                due = {item: entry for item, entry in self._held.items() if entry[2] <= now}
+                for (key, value), (store, lease_ms, _) in due.items():
+                    self._held[(key, value)] = (store, lease_ms, now + lease_ms / 3000)
+            self._renew(due)
+
+    def _renew(self, held: dict[tuple[str, str], tuple[_Store, int, float]]) -> None:
+        by_store: dict[_Store, list[tuple[str, str, int]]] = {}
+        for (key, value), (store, lease_ms, _) in held.items():
+            by_store.setdefault(store, []).append((key, value, lease_ms))
+        for store, items in by_store.items():
+            try:
+                pipe = store.client.pipeline(transaction=False)
+                for key, value, lease_ms in items:
+                    store.extend(keys=[key], args=[value, lease_ms], client=pipe)
+                kept = pipe.execute()
+            except redis.RedisError as exc:
+                logger.warning("cannot renew unique-task locks at %s: %s", store.url, exc)
+                continue
+            for (key, value, _), ok in zip(items, kept, strict=True):
+                if not ok:
+                    logger.warning("unique-task lock %s was lost while its task ran", key)
+                    self.drop(key, value)
+
+
+_renewer = _Renewer()
+
+
+# -- keys ---------------------------------------------------------------------------------------
+
+
+def _lookup(payload: Any, path: str) -> Any:
+    value = payload
+    for part in path.split("."):
+        if isinstance(value, Mapping):
+            value = value.get(part)
+        elif isinstance(value, (list, tuple)) and part.isdigit() and int(part) < len(value):
+            value = value[int(part)]
+        else:
+            value = getattr(value, part, None)
+        if value is None:
+            return None
+    return value
+
+
+@dataclass(frozen=True)
+class _Held:
+    key: str
+    value: str
+
+
+class UniqueGuard:
+    """A unique task's locks: built once when the task joins an app (``on_bound``)."""
+
+    def __init__(self, task: Any, unique: Unique, url: str) -> None:
+        self.unique = unique
+        self.task_name: str = task.name
+        self.url = url
+        self.schema = task.payload_schema
+        self.ttl_ms = int(unique.ttl * 1000)
+        self.lease_ms = int(unique.lease * 1000)
+        # The wire form reveals secret fields: keep them out of Redis key names and errors.
+        self._hash_keys = bool(getattr(self.schema, "has_secrets", False))
+        self._check_fields()
+        signals.task_revoked.connect(_release_revoked, weak=False, dispatch_uid="celery_kit.unique.revoked")
+
+    def _check_fields(self) -> None:
+        schema, on = self.schema, self.unique.on
+        if callable(on) or schema is None:
+            return
+        model = getattr(schema, "model", None)
+        names = set(model.model_fields) if model is not None else set(schema.signature.parameters)
+        missing = [path for path in on if path.split(".")[0] not in names]
+        if missing:
+            raise ConfigurationError(
+                f"task {self.task_name!r}: Unique(on=...) names {missing}, which its payload does "
+                f"not have; its fields are {sorted(names)}."
+            )
+
+    @property
+    def store(self) -> _Store:
+        return _store(self.url)
+
+    # -- the key ------------------------------------------------------------------------------
+
+    def key_of(self, args: Any, kwargs: Any) -> str:
+        """The lock key of a call's wire-form arguments: canonical JSON, namespaced by task."""
+        schema = self.schema
+        on = self.unique.on
+        if callable(on):
+            payload = schema.validate_call(args or (), kwargs or {})[2] if schema is not None else kwargs
+            if payload is None and schema is not None:
+                payload = schema.named(args or (), kwargs or {})
+            part = on(payload)
+            if not isinstance(part, str):
+                raise TypeError(
+                    f"task {self.task_name!r}: Unique(on=callable) must return a str, got "
+                    f"{type(part).__name__}."
+                )
+        else:
+            payload = self._wire_payload(args or (), kwargs or {})
+            part = json.dumps(
+                [_lookup(payload, path) for path in on], sort_keys=True, separators=(",", ":"), default=str
+            )
+        if self._hash_keys or len(part) > _MAX_READABLE_KEY:
+            part = "sha256:" + sha256(part.encode()).hexdigest()
+        return f"{_KEY_PREFIX}{self.task_name}:{part}"
+
+    def _wire_payload(self, args: Any, kwargs: Mapping[str, Any]) -> Any:
+        schema = self.schema
+        if schema is None:
+            return dict(kwargs)
+        if getattr(schema, "model", None) is not None:
+            if len(args) == 1 and not kwargs:
+                return args[0]
+            return kwargs.get(schema.param_name, kwargs)
+        return schema.named(args, kwargs)
+
+    # -- caller side --------------------------------------------------------------------------
+
+    def publish(
+        self,
+        task: Any,
+        args: Any,
+        kwargs: Any,
+        task_id: str | None,
+        options: dict[str, Any],
+        send: Callable[[str, dict[str, Any]], Any],
+    ) -> Any:
+        """Take the lock (``queued``), publish with the header, release if the publish fails."""
+        headers = options.get("headers") or {}
+        if UNIQUE_HEADER in headers or "retries" in options:
+            # A retry (Celery's ``signature_from_request``), or a republish, of a message
+            # that holds its lock: same task id and token (none if it came without the header).
+            return send(task_id or str(uuid.uuid4()), options)
+        key = self.key_of(args, kwargs)
+        task_id = task_id or str(uuid.uuid4())
+        token = uuid.uuid4().hex
+        options = {**options, "headers": {**headers, UNIQUE_HEADER: {"key": key, "token": token}}}
+        if self.unique.mode == "running":
+            return send(task_id, options)
+        value = f"{task_id}|{token}"
+        store = self.store
+        holder = store.acquire(keys=[key], args=[value, self.ttl_ms])
+        if holder is not None:
+            existing = _task_id_of(holder)
+            error = DuplicateTaskError(self.task_name, key, existing)
+            self._refused(task, error, "caller", options.get("queue"))
+            if self.unique.on_duplicate == "skip":
+                return task.AsyncResult(existing)
+            raise error
+        try:
+            return send(task_id, options)
+        except BaseException:
+            try:
+                store.release(keys=[key], args=[value])
+            except redis.RedisError as exc:
+                logger.warning(
+                    "publish failed and lock %s could not be released (%s): it expires in %ss",
+                    key,
+                    exc,
+                    self.unique.ttl,
+                )
+            raise
+
+    # -- worker side --------------------------------------------------------------------------
+
+    def claim(self, task: Any, request: Any, args: Any, kwargs: Any) -> _Held:
+        """Hold the lock for this attempt, or refuse to run a duplicate."""
+        header = getattr(request, UNIQUE_HEADER, None) or (request.headers or {}).get(UNIQUE_HEADER)
+        if isinstance(header, Mapping) and isinstance(header.get("key"), str):
+            key, token = header["key"], str(header.get("token") or "")
+        else:  # published around the kit: the worker builds the key itself
+            wire_args, wire_kwargs = self.schema.to_wire(args, kwargs) if self.schema else (args, kwargs)
+            key, token = self.key_of(wire_args, wire_kwargs), ""
+        value = f"{request.id}|{token}"
+        store = self.store
+        holder = store.claim(keys=[key], args=[value, self.lease_ms])
+        if holder is not None:
+            error = DuplicateTaskError(self.task_name, key, _task_id_of(holder))
+            self._refused(task, error, "worker", (request.delivery_info or {}).get("routing_key"))
+            if self.unique.on_duplicate == "skip":
+                raise Ignore()
+            request._celery_kit_outcome = Classification(FailureKind.PERMANENT, True, "duplicate")
+            raise error
+        _renewer.hold(store, key, value, self.lease_ms)
+        return _Held(key, value)
+
+    def finish(self, held: _Held, keep: bool) -> None:
+        """Keep the lock for a retry (back to ``ttl``), or release it: one script call."""
+        _renewer.drop(held.key, held.value)
+        store = self.store
+        try:
+            if keep:
+                store.extend(keys=[held.key], args=[held.value, self.ttl_ms])
+            else:
+                store.release(keys=[held.key], args=[held.value])
+        except redis.RedisError as exc:
+            logger.warning(
+                "unique-task lock %s not %s (%s): it expires within %ss",
+                held.key,
+                "kept" if keep else "released",
+                exc,
+                self.unique.lease,
+            )
+
+    def release_header(self, request: Any) -> None:
+        """Release the lock a message carries (revoked or expired before it finished)."""
+        header = getattr(request, UNIQUE_HEADER, None) or (getattr(request, "headers", None) or {}).get(
+            UNIQUE_HEADER
+        )
+        if isinstance(header, Mapping) and isinstance(header.get("key"), str):
+            value = f"{request.id}|{header.get('token') or ''}"
+            try:
+                self.store.release(keys=[header["key"]], args=[value])
+            except redis.RedisError as exc:
+                logger.warning("lock of revoked task %s not released: %s", request.id, exc)
+
+    def _refused(self, task: Any, error: DuplicateTaskError, side: str, queue: str | None) -> None:
+        dispatcher = dispatcher_for(task.app)
+        if dispatcher.observers:
+            dispatcher.emit(
+                TaskEvent(
+                    EventType.REFUSED,
+                    self.task_name,
+                    error.existing_task_id,
+                    exception=error,
+                    reason="duplicate",
+                    detail=side,
+                    queue=queue,
+                    task=task,
+                )
+            )
+
+
+def _task_id_of(holder: bytes | str) -> str:
+    text = holder.decode() if isinstance(holder, bytes) else holder
+    return text.rsplit("|", 1)[0]
+
+
+def _release_revoked(sender: Any = None, request: Any = None, **_: Any) -> None:
+    guard = getattr(sender, "_unique_guard", None)
+    if guard is not None and request is not None:
+        guard.release_header(request)
+
+
+def guarded_run(run: Callable[..., Any]) -> Callable[..., Any]:
+    """Wrap a kit task's ``run``: claim before the body, keep or release after it."""
+
+    def unique_run(self: Any, *args: Any, **kwargs: Any) -> Any:
+        guard: UniqueGuard | None = self._unique_guard
+        request = self.request
+        if guard is None or request.called_directly:
+            return run(self, *args, **kwargs)
+        try:
+            held = guard.claim(self, request, args, kwargs)
+        except ValidationError:  # a raw message with no key header and an invalid payload:
+            return run(self, *args, **kwargs)  # the run refuses it as it refuses any
+        except redis.RedisError as exc:
+            payload = guard.schema.named(args, kwargs) if guard.schema is not None else kwargs
+            self._handle_failure(exc, request, payload, time.time())  # the retry policy decides
+        try:
+            result = run(self, *args, **kwargs)
+        except Retry:
+            guard.finish(held, keep=True)
+            raise
+        except Reject as exc:
+            guard.finish(held, keep=bool(exc.requeue))
+            raise
+        except BaseException:
+            guard.finish(held, keep=False)
+            raise
+        guard.finish(held, keep=False)
+        return result
+
+    for name in ("__name__", "__qualname__", "__doc__", "__module__", "__signature__", "_celery_kit_run"):
+        if hasattr(run, name):
+            setattr(unique_run, name, getattr(run, name))
+    return unique_run
