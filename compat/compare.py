@@ -3,7 +3,9 @@
 A *regression* is a test that passes in the baseline run (plain Celery) and does not pass
 with ``celery_kit:ValidatedTask`` as the default task class: it fails, errors, is skipped, or
 was not collected at all (a module that no longer imports hides its tests; that must not read
-as "no regressions"). Every regression must be named in ``deliberate_differences.toml``, and
+as "no regressions"). The kit is installed in both runs, as in a user's environment, so a
+baseline failure whose traceback goes through ``celery_kit`` is a regression too: installing
+the kit changed plain Celery. Every regression must be named in ``deliberate_differences.toml``, and
 every name there must still regress, so the list cannot drift from what the kit does.
 Each entry points at the docs/migration.md section that argues the difference; a section
 that does not exist is an error too.
@@ -13,11 +15,12 @@ from __future__ import annotations
 
 import json
 import re
-import tomllib
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import tomllib
 
 #: Outcomes a test can have in an outcome file (see record_outcomes.py), plus ``missing``.
 OUTCOMES = ("passed", "failed", "error", "skipped", "xfailed", "xpassed")
@@ -28,6 +31,7 @@ MISSING = "missing"
 class Outcome:
     outcome: str
     message: str = ""
+    kit_in_traceback: bool = False
 
 
 @dataclass(frozen=True)
@@ -80,7 +84,9 @@ def load_outcomes(path: Path) -> dict[str, Outcome]:
     for test, entry in raw.items():
         if not isinstance(entry, dict) or entry.get("outcome") not in OUTCOMES:
             raise HarnessError(f"{path}: bad entry for {test!r}: {entry!r}")
-        outcomes[test] = Outcome(entry["outcome"], str(entry.get("message", "")))
+        outcomes[test] = Outcome(
+            entry["outcome"], str(entry.get("message", "")), bool(entry.get("kit_in_traceback"))
+        )
     return outcomes
 
 
@@ -127,6 +133,11 @@ def compare(
         after = kit.get(test, Outcome(MISSING, "not collected in the kit run"))
         if before.outcome == "passed" and after.outcome != "passed":
             all_regressions.append(Regression(test, after.outcome, after.message))
+        elif before.kit_in_traceback:
+            # Installed, not even the default: the kit broke plain Celery (an import side effect).
+            all_regressions.append(
+                Regression(test, f"baseline {before.outcome}, kit in traceback", before.message)
+            )
         elif before.outcome in ("failed", "error") and after.outcome == "passed":
             fixed.append(test)
 

@@ -11,9 +11,13 @@ as having a custom task class (that flag only matters to the Django fixup).
 
 from __future__ import annotations
 
-import celery_kit
+import os
+from pathlib import Path
+
 import pytest
 from celery.app import base
+
+import celery_kit
 
 TASK_CLS = "celery_kit:ValidatedTask"
 
@@ -21,10 +25,17 @@ base.Celery.task_cls = TASK_CLS
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """Refuse to run when the default did not take: a silent no-op would report zero regressions."""
+    """Refuse to run when the default did not take, or the kit is not the checkout under test.
+
+    Either would be a silent no-op that reports zero regressions.
+    """
     probe = base.Celery("compat-probe", set_as_current=False)
     if not issubclass(probe.Task, celery_kit.ValidatedTask):
         raise pytest.UsageError(f"Celery.task_cls = {TASK_CLS!r} did not reach a new app: {probe.Task!r}")
+    expected = os.environ.get("COMPAT_EXPECT_KIT_FROM")
+    loaded = Path(celery_kit.__file__).resolve()
+    if expected and not loaded.is_relative_to(Path(expected).resolve()):
+        raise pytest.UsageError(f"celery_kit was imported from {loaded}, not from {expected}")
 
 
 def pytest_report_header(config: pytest.Config) -> str:

@@ -7,7 +7,8 @@ parametrize ids pytest users type; this keeps pytest's own node ids, so an entry
 A test's outcome is the worst of its phases (setup, call, teardown, subtests):
 ``error`` when setup or teardown failed, ``failed`` when the call or a subtest failed,
 else ``passed``/``skipped``/``xfailed``/``xpassed``. ``message`` is the first line of the
-first failure, for the summary.
+first failure, for the summary; ``kit_in_traceback`` marks a failure whose report mentions
+``celery_kit`` (in the baseline that means merely installing the kit broke plain Celery).
 """
 
 from __future__ import annotations
@@ -57,6 +58,8 @@ class _Recorder:
         entry = {"outcome": outcome}
         if outcome in ("failed", "error"):
             entry["message"] = first_line(report.longrepr)
+            if "celery_kit" in str(report.longrepr):
+                entry["kit_in_traceback"] = "yes"
         self.outcomes[report.nodeid] = entry
 
     def pytest_sessionfinish(self, session: pytest.Session) -> None:

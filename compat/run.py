@@ -65,10 +65,8 @@ def fetch_tests(version: str, cache: Path, python: str) -> Path:
     sdist = cache / f"celery-{version}.tar.gz"
     if not sdist.exists():
         log(f"downloading the celery {version} sdist from the package index")
-        run(
-            [python, "-m", "pip", "download", "--quiet", "--no-binary", ":all:", "--no-deps"]
-            + [f"celery=={version}", "-d", str(cache)]
-        )
+        pip = [python, "-m", "pip", "download", "--quiet", "--no-binary", ":all:", "--no-deps"]
+        run([*pip, "-d", str(cache), f"celery=={version}"])
     prefix = f"celery-{version}/"
     wanted = ("t/", "pyproject.toml", "requirements/")
     with tarfile.open(sdist) as archive:
@@ -97,7 +95,10 @@ def ensure_venv(venv: Path, python: str, requirements: list[str]) -> Path:
     """Create or refresh the compat venv; a marker records what it was built with."""
     interpreter = venv / "bin" / "python"
     stamp = json.dumps(
-        {"requirements": requirements, "pyproject": hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()}
+        {
+            "requirements": requirements,
+            "pyproject": hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest(),
+        }
     )
     marker = venv / ".compat-installed"
     if interpreter.exists() and marker.exists() and marker.read_text() == stamp:
@@ -111,11 +112,22 @@ def ensure_venv(venv: Path, python: str, requirements: list[str]) -> Path:
     return interpreter
 
 
-def run_tests(interpreter: Path, tree: Path, name: str, out: Path, *, kit: bool, kit_src: str | None) -> float:
+def run_tests(
+    interpreter: Path, tree: Path, name: str, out: Path, *, kit: bool, kit_src: str | None
+) -> float:
     """One pytest run over TEST_PATHS; returns its duration. Output goes to ``out/<name>.log``."""
     outcomes = out / f"outcomes-{name}.json"
     outcomes.unlink(missing_ok=True)
-    command = [str(interpreter), "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "compat.record_outcomes"]
+    command = [
+        str(interpreter),
+        "-m",
+        "pytest",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        "-p",
+        "compat.record_outcomes",
+    ]
     command += [f"--compat-outcomes={outcomes}"]
     if kit:
         command += ["-p", "compat.kit_default_task_cls"]
@@ -123,11 +135,16 @@ def run_tests(interpreter: Path, tree: Path, name: str, out: Path, *, kit: bool,
     paths = [str(ROOT)]
     if kit and kit_src:
         paths.insert(0, kit_src)
+    # No bytecode files: the kit run may import another checkout's src/ read-only.
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths), "PYTHONDONTWRITEBYTECODE": "1"}
+    if kit:
+        env["COMPAT_EXPECT_KIT_FROM"] = kit_src or str(ROOT / "src")
     log_file = out / f"{name}.log"
     started = time.monotonic()
     with log_file.open("w") as stream:
-        result = subprocess.run(command, cwd=tree, env=env, stdout=stream, stderr=subprocess.STDOUT, check=False)
+        result = subprocess.run(
+            command, cwd=tree, env=env, stdout=stream, stderr=subprocess.STDOUT, check=False
+        )
     duration = time.monotonic() - started
     # 0 all passed, 1 some failed: both are results. Anything else means no verdict.
     if result.returncode not in (0, 1) or not outcomes.exists():
