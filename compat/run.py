@@ -132,13 +132,13 @@ def run_tests(
     if kit:
         command += ["-p", "compat.kit_default_task_cls"]
     command += list(TEST_PATHS)
+    # The kit is installed in both runs, as in a user's environment: both import the same src/.
     paths = [str(ROOT)]
-    if kit and kit_src:
+    if kit_src:
         paths.insert(0, kit_src)
-    # No bytecode files: the kit run may import another checkout's src/ read-only.
+    # No bytecode files: a run may import another checkout's src/ read-only.
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths), "PYTHONDONTWRITEBYTECODE": "1"}
-    if kit:
-        env["COMPAT_EXPECT_KIT_FROM"] = kit_src or str(ROOT / "src")
+    env["COMPAT_EXPECT_KIT_FROM"] = kit_src or str(ROOT / "src")
     log_file = out / f"{name}.log"
     started = time.monotonic()
     with log_file.open("w") as stream:
@@ -160,9 +160,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache", type=Path, default=ROOT / ".compat", help="sdist, tests and logs")
     parser.add_argument("--venv", type=Path, default=ROOT / ".venv-compat")
     parser.add_argument("--differences", type=Path, default=ROOT / "compat" / "deliberate_differences.toml")
-    parser.add_argument("--migration", type=Path, default=ROOT / "docs" / "migration.md")
     parser.add_argument(
-        "--kit-src", help="put this src/ first on the kit run's path (judge another checkout's code)"
+        "--migration", type=Path, help="the page entries cite (default: docs/migration.md beside the src/)"
+    )
+    parser.add_argument(
+        "--kit-src", help="put this src/ first on both runs' path (judge another checkout's code)"
     )
     parser.add_argument(
         "--reuse-baseline", action="store_true", help="keep the last baseline outcomes if present"
@@ -176,11 +178,15 @@ def main(argv: list[str] | None = None) -> int:
         tree = fetch_tests(version, cache, sys.executable)
         interpreter = ensure_venv(args.venv.resolve(), args.python, [f"celery=={version}", *test_pins(tree)])
         differences = load_differences(args.differences)
-        sections = migration_sections(args.migration.read_text()) if args.migration.exists() else set()
+        src = Path(args.kit_src or ROOT / "src").resolve()
+        migration = args.migration or src.parent / "docs" / "migration.md"
+        sections = migration_sections(migration.read_text()) if migration.exists() else set()
         log(f"celery {version}: {' '.join(TEST_PATHS)}")
         durations = {}
         if not (args.reuse_baseline and (cache / "outcomes-baseline.json").exists()):
-            durations["baseline"] = run_tests(interpreter, tree, "baseline", cache, kit=False, kit_src=None)
+            durations["baseline"] = run_tests(
+                interpreter, tree, "baseline", cache, kit=False, kit_src=args.kit_src
+            )
         durations["kit"] = run_tests(interpreter, tree, "kit", cache, kit=True, kit_src=args.kit_src)
         verdict = compare(
             load_outcomes(cache / "outcomes-baseline.json"),

@@ -182,11 +182,11 @@ def test_listed_regressions_pass_and_stale_entries_fail(
             [[difference]]
             tests = [{listed}]
             reason = "the fake kit breaks these on purpose"
-            migration = "Refused on purpose"
+            migration = "`Refused` on purpose"
             """,
         )
     )
-    sections = migration_sections("# Migrating\n\n## Refused on purpose\n\ntext\n")
+    sections = migration_sections("# Migrating\n\n#### Refused on *purpose*\n\ntext\n")
     verdict = compare(baseline, kit, differences, sections)
     assert verdict.ok, summary(verdict)
     assert len(verdict.deliberate) == 7
