@@ -207,6 +207,9 @@ def summary(verdict: Verdict, *, width: int = 200) -> str:
                 name = r.test.split("::", 1)[1] if "::" in r.test else r.test
                 detail = f"    {name}  [{r.outcome}] {r.message}"
                 lines.append(detail if len(detail) <= width else detail[: width - 3] + "...")
+    if verdict.deliberate:
+        lines += ["", "deliberate differences (listed, argued in docs/migration.md):"]
+        lines += [f"  {r.test}  [{r.outcome}]" for r in verdict.deliberate]
     if verdict.stale:
         lines += ["", "STALE deliberate-difference entries (no longer regressing):"]
         lines += [f"  {test}: {why}" for test, why in verdict.stale]

@@ -190,7 +190,10 @@ def test_listed_regressions_pass_and_stale_entries_fail(
     verdict = compare(baseline, kit, differences, sections)
     assert verdict.ok, summary(verdict)
     assert len(verdict.deliberate) == 7
-    assert summary(verdict).endswith("compat: OK")
+    text = summary(verdict)
+    assert f"  {t('test_regresses')}  [failed]" in text
+    assert "UNDOCUMENTED" not in text
+    assert text.endswith("compat: OK")
 
     stale = load_differences(
         _differences(
