@@ -40,13 +40,17 @@ TEST_PATHS = (
     "t/unit/test_canvas.py",
 )
 #: Test requirements taken from the sdist's requirements/test.txt, at Celery's own pins.
-#: pytest >= 9 has subtests built in (test_stamping uses them); freezegun for test_request.
-#: Not installed: pytest-celery (the conftest imports celery.contrib.pytest directly),
-#: pytest-timeout/-rerunfailures (their markers are declared in Celery's pyproject and
-#: these files use none), moto/boto3 and the backend extras (no backend tests here), and
-#: cryptography (celery[auth]), which only test_app.py::test_App::test_setup_security needs,
-#: so that one test fails in both runs and is never judged.
-TEST_REQUIREMENTS = ("pytest", "freezegun")
+#: pytest >= 9 has subtests built in (test_stamping uses them); freezegun for test_request;
+#: pytest-timeout so that a test the kit makes hang fails alone (PER_TEST_TIMEOUT) instead of
+#: stalling CI. Not installed: pytest-celery (the conftest imports celery.contrib.pytest
+#: directly), pytest-rerunfailures (its marker is declared in Celery's pyproject and these
+#: files use none: a flaky retry would hide a regression anyway), moto/boto3 and the backend
+#: extras (no backend tests here), and cryptography (celery[auth]), which only
+#: test_app.py::test_App::test_setup_security needs: that one test fails in both runs and
+#: is never judged.
+TEST_REQUIREMENTS = ("pytest", "freezegun", "pytest-timeout")
+#: Seconds one test may take; Celery's unit tests take well under one each.
+PER_TEST_TIMEOUT = 120
 
 
 def log(message: str) -> None:
@@ -128,7 +132,7 @@ def run_tests(
         "-p",
         "compat.record_outcomes",
     ]
-    command += [f"--compat-outcomes={outcomes}"]
+    command += [f"--compat-outcomes={outcomes}", f"--timeout={PER_TEST_TIMEOUT}"]
     if kit:
         command += ["-p", "compat.kit_default_task_cls"]
     command += list(TEST_PATHS)
