@@ -4,11 +4,13 @@
    that version's sdist from the package index into ``.compat/`` (once) and extract its
    ``t/`` tree and ``pyproject.toml`` (the pytest settings Celery's tests expect).
 2. Build ``.venv-compat`` (once; re-installed when the requirements or pyproject change):
-   the kit editable from this checkout, the same Celery, and the pytest and freezegun pins
-   of the sdist's ``requirements/test.txt``. Its own venv, so neither the project's pytest
+   the kit editable from this checkout, the same Celery, and the pytest, freezegun and
+   pytest-timeout pins of the sdist's ``requirements/test.txt``. Its own venv, so neither the project's pytest
    plugins nor its dev tools change what Celery's tests see.
 3. Run the files twice, plain and with ``-p compat.kit_default_task_cls``, each writing
    per-test outcomes (``compat.record_outcomes``); then judge with ``compat.compare``.
+   ``--kit-src`` puts another checkout's ``src/`` first in both runs (read-only: no bytecode
+   is written) and takes that checkout's docs/migration.md for the entries' sections.
 
 Exit status: 0 no undocumented regression and no stale entry, 1 otherwise, 2 when the job
 could not judge (download, install or a pytest run that did not finish).
@@ -171,10 +173,13 @@ def main(argv: list[str] | None = None) -> int:
         "--kit-src", help="put this src/ first on both runs' path (judge another checkout's code)"
     )
     parser.add_argument(
-        "--reuse-baseline", action="store_true", help="keep the last baseline outcomes if present"
+        "--reuse-baseline",
+        action="store_true",
+        help="keep the last baseline outcomes if present (whatever src/ they ran with)",
     )
     parser.add_argument("--report", type=Path, help="also write the summary to this file")
     args = parser.parse_args(argv)
+    kit_src = str(Path(args.kit_src).resolve()) if args.kit_src else None
     cache: Path = args.cache.resolve()
     cache.mkdir(parents=True, exist_ok=True)
     try:
@@ -182,16 +187,16 @@ def main(argv: list[str] | None = None) -> int:
         tree = fetch_tests(version, cache, sys.executable)
         interpreter = ensure_venv(args.venv.resolve(), args.python, [f"celery=={version}", *test_pins(tree)])
         differences = load_differences(args.differences)
-        src = Path(args.kit_src or ROOT / "src").resolve()
+        src = Path(kit_src or ROOT / "src")
         migration = args.migration or src.parent / "docs" / "migration.md"
         sections = migration_sections(migration.read_text()) if migration.exists() else set()
         log(f"celery {version}: {' '.join(TEST_PATHS)}")
         durations = {}
         if not (args.reuse_baseline and (cache / "outcomes-baseline.json").exists()):
             durations["baseline"] = run_tests(
-                interpreter, tree, "baseline", cache, kit=False, kit_src=args.kit_src
+                interpreter, tree, "baseline", cache, kit=False, kit_src=kit_src
             )
-        durations["kit"] = run_tests(interpreter, tree, "kit", cache, kit=True, kit_src=args.kit_src)
+        durations["kit"] = run_tests(interpreter, tree, "kit", cache, kit=True, kit_src=kit_src)
         verdict = compare(
             load_outcomes(cache / "outcomes-baseline.json"),
             load_outcomes(cache / "outcomes-kit.json"),
@@ -206,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.report:
         header = (
             f"# make compat, {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, celery {version}, "
-            f"kit from {args.kit_src or ROOT / 'src'}; runs: "
+            f"kit from {src}; runs: "
             + ", ".join(f"{name} {seconds:.0f} s" for name, seconds in durations.items())
         )
         args.report.write_text(header + "\n" + text + "\n")
