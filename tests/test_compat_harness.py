@@ -259,3 +259,15 @@ def test_the_kit_plugin_makes_validated_task_the_default(tmp_path: Path) -> None
     assert outcomes == {t("test_default"): Outcome("passed")}
     plain = load_outcomes(_run(tmp_path, "plain", fake_kit=False))
     assert plain[t("test_default")].outcome == "failed"
+
+
+def test_the_kit_plugin_refuses_a_kit_from_elsewhere(tmp_path: Path) -> None:
+    (tmp_path / "pytest.ini").write_text("[pytest]\n")
+    (tmp_path / "test_suite.py").write_text("def test_nothing():\n    pass\n")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "COMPAT_EXPECT_KIT_FROM": str(tmp_path)}
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "compat.kit_default_task_cls", "test_suite.py"]
+    done = subprocess.run(
+        command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == pytest.ExitCode.USAGE_ERROR
+    assert f"not from {tmp_path}" in done.stderr
