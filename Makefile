@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint typecheck pytest docs compat bench bench-instructions bench-quick soak clean
+.PHONY: demo test lint typecheck pytest docs compat wheel-smoke bench bench-instructions bench-quick soak clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +44,11 @@ docs: $(VENV)/.installed-dev
 ## compat/deliberate_differences.toml does not name (see compat/README.md). Own venv: .venv-compat.
 compat: $(VENV)/.installed-dev
 	$(PY) -m compat.run --python $(PYTHON)
+
+## Build the wheel, install it with only a documented extra into clean virtualenvs (`[redis]`,
+## and nothing for RabbitMQ), and run a real worker from each (needs Redis and RabbitMQ).
+wheel-smoke: | $(PY)
+	$(PY) tests/wheel_smoke/run.py
 
 ## Side-by-side benchmarks (needs Redis and RabbitMQ); writes results/latest.json and docs/performance.md.
 bench: $(VENV)/.installed-dev

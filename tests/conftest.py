@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import io
+import logging
 import os
+import shutil
 import socket
 import uuid
 from collections.abc import Iterator
@@ -11,8 +14,11 @@ from urllib.parse import urlsplit
 
 import pytest
 import redis
+import structlog
 from celery import Celery
 from kombu.message import Message
+
+from celery_kit.logging import configure_logging
 
 from ._brokers import PrivateRabbit
 
@@ -72,6 +78,20 @@ def private_rabbit(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Private
         node.stop()
 
 
+@pytest.fixture(scope="session")
+def promtool() -> str:
+    """Prometheus' own checker (``promtool``), which the rule and scrape tests run."""
+    path = shutil.which("promtool")
+    if path is None:
+        pytest.fail(
+            "promtool is not installed: the Prometheus rule tests and scrape checks need it. "
+            "Install Debian's `prometheus` package (`apt-get install prometheus`; .ci/run does) "
+            "or put a Prometheus release's promtool on PATH.",
+            pytrace=False,
+        )
+    return path
+
+
 @pytest.fixture
 def unique() -> str:
     """A name no other test, run or machine-mate uses."""
@@ -110,3 +130,16 @@ def published(app: Celery) -> list[Message]:
                 break
         queue.close()
     return messages
+
+
+@pytest.fixture
+def stream() -> Iterator[io.StringIO]:
+    """The kit's JSON logging, into a string; the handler and structlog reset afterwards."""
+    out = io.StringIO()
+    configure_logging(json=True, level="INFO", stream=out)
+    yield out
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if getattr(h, "_celery_kit_handler", False)]:
+        root.removeHandler(handler)
+    structlog.reset_defaults()
+    structlog.contextvars.clear_contextvars()

@@ -422,3 +422,28 @@ def test_instrument_takes_sinks_and_metrics_endpoint_from_kit_settings(
     assert [sink.name for sink in wired.alerts.delivery.sinks] == ["log", "webhook"]
     assert wired.metrics is not None
     assert (wired.metrics.port, wired.metrics.host) == (9911, "0.0.0.0")
+
+
+def test_no_message_field_can_stop_an_alert(app: Celery) -> None:
+    """``retries`` comes from the message's headers: a garbage value is coerced, and an
+    exception whose message cannot be read still alerts (issue 15)."""
+    sent: list[Alert] = []
+    delivery = AlertDelivery([CallbackSink(sent.append)], LocalThrottle(window=60))
+    dispatcher_for(app).subscribe(AlertObserver(delivery))
+
+    class Unreadable(Exception):
+        def __str__(self) -> str:
+            raise RuntimeError("no message")
+
+    @validated_task(app, shared=False, name="a.garbled")
+    def garbled(kind: str) -> None:
+        # One exception type per call: the throttle keeps each its own incident.
+        raise {"unreadable": Unreadable(), "a": PermanentError("refused")}.get(kind, ValueError(kind))
+
+    garbled.apply(kwargs={"kind": "a"}, task_id="r-1", retries="abc")
+    garbled.apply(kwargs={"kind": "b"}, task_id="r-2", retries="7")
+    garbled.apply(kwargs={"kind": "unreadable"}, task_id="r-3")
+    delivery.close()
+    assert [(a.task_id, a.retries) for a in sent] == [("r-1", 0), ("r-2", 7), ("r-3", 0)]
+    assert sent[2].exception_type == "Unreadable"
+    assert "could not be read" in (sent[2].exception_message or "")

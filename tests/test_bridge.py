@@ -11,10 +11,19 @@ import pytest
 from celery import Celery, signals
 from celery.app.task import Context
 from celery.exceptions import InvalidTaskError
+from kombu.entity import Queue
 from kombu.exceptions import ContentDisallowed
 from pydantic import ValidationError
 
-from celery_kit import EventType, FailureKind, PayloadTooLargeError, TaskEvent, dispatcher_for, validated_task
+from celery_kit import (
+    EventType,
+    FailureKind,
+    MessageRejectedError,
+    PayloadTooLargeError,
+    TaskEvent,
+    dispatcher_for,
+    validated_task,
+)
 from celery_kit._bridge import (
     PUBLISHED_AT_HEADER,
     MessageGuard,
@@ -98,7 +107,7 @@ def test_two_deliveries_of_one_message_in_two_threads_stay_apart(app: Celery, se
     first.join()
     second.join()
     finished = [e for e in seen if e.finished]
-    slept = [e.request.kwargs["seconds"] for e in finished]  # each event's own request
+    slept = [e.request.args[0] for e in finished]  # each event's own request
     durations = [e.duration for e in finished]
     assert slept == [0.05, 0.3]  # in the order they ended
     for seconds, duration in zip(slept, durations, strict=True):
@@ -151,11 +160,8 @@ def test_caller_refusals_and_publishes(app: Celery, seen: list[TaskEvent]) -> No
         send.delay(text=1)
     with pytest.raises(PayloadTooLargeError):
         send.delay("x" * 200)
-    with pytest.raises(ValidationError):
-        send.apply(kwargs={"text": []})
     assert [(e.type, e.task_id, e.queue, e.detail) for e in seen] == [
         (EventType.PUBLISHED, result.id, app.conf.task_default_queue, None),
-        (EventType.REFUSED, None, None, "caller"),
         (EventType.REFUSED, None, None, "caller"),
         (EventType.REFUSED, None, None, "caller"),
     ]
@@ -207,7 +213,9 @@ def test_a_failing_observer_is_logged_and_skipped(app: Celery, caplog: pytest.Lo
 # -- messages that never reach a task ------------------------------------------------------------
 
 
-def _message(body: Any, headers: Any = None, content_type: str = "application/json") -> Any:
+def _message(
+    body: Any, headers: Any = None, content_type: str = "application/json", properties: Any = None
+) -> Any:
     from kombu.message import Message
 
     raw = body if isinstance(body, bytes) else json.dumps(body).encode()
@@ -216,6 +224,7 @@ def _message(body: Any, headers: Any = None, content_type: str = "application/js
         content_type=content_type,
         content_encoding="utf-8",
         headers=headers,
+        properties=properties,
         delivery_info={"exchange": "", "routing_key": "q-in"},
         accept=["application/json"],
     )
@@ -249,6 +258,85 @@ ENVELOPES = [
     (_message([[], {}, {}], _headers(task=["b.known"])), "'task' header"),
     (_message({"task": ["b.known"], "id": "x", "args": []}, {}), "body's 'task'"),
     (_message({"task": "b.known", "args": [], "kwargs": {}}, {}), "'id' header"),
+    # Headers Celery parses unchecked before a task runs (issue 15).
+    (_message([[], {}, {}], _headers(timelimit=["abc", "xyz"])), "'timelimit' header"),
+    (_message([[], {}, {}], _headers(timelimit=["10", "5"])), "'timelimit' header"),
+    (_message([[], {}, {}], _headers(timelimit=[1, float("nan")])), "'timelimit' header"),
+    (_message([[], {}, {}], _headers(timelimit=[-1, None])), "'timelimit' header"),
+    (_message([[], {}, {}], _headers(timelimit=5)), "'timelimit' header"),
+    (_message([[], {}, {}], _headers(timelimit=[True, None])), "'timelimit' header"),
+    (_message([[], {}, {}], _headers(task="b.unknown", timelimit=["a", "b"])), "'timelimit' header"),
+    (_message([[], {}, {}], _headers(eta="")), "'eta' header"),
+    (_message([[], {}, {}], _headers(eta=0)), "'eta' header"),
+    (_message([[], {}, {}], _headers(eta="soon")), "'eta' header"),
+    (_message([[], {}, {}], _headers(eta="9999-12-31T23:59:59-23:00")), "'eta' header"),
+    (_message([[], {}, {}], _headers(expires=[])), "'expires' header"),
+    (_message([[], {}, {}], _headers(expires="x")), "'expires' header"),
+    (_message([[], {}, {}], _headers(retries="abc")), "'retries' header"),
+    (_message([[], {}, {}], _headers(retries=None)), "'retries' header"),
+    (_message([[], {}, {}], _headers(retries=-1)), "'retries' header"),
+    (_message([[], {}, {}], _headers(retries=True)), "'retries' header"),
+    (_message([[], {}, {}], _headers(root_id=5)), "'root_id' header"),
+    (_message([[], {}, {}], _headers(parent_id={})), "'parent_id' header"),
+    (_message([[], {}, {}], _headers(group=[1])), "'group' header"),
+    (_message([[], {}, {}], _headers(group_index="1")), "'group_index' header"),
+    (_message([[], {}, {}], _headers(shadow=1)), "'shadow' header"),
+    (_message([[], {}, {}], _headers(argsrepr=["x"])), "'argsrepr' header"),
+    (_message([[], {}, {}], _headers(kwargsrepr="x" * 70_000)), "'kwargsrepr' header"),
+    (_message([[], {}, {}], _headers(origin=1)), "'origin' header"),
+    (_message([[], {}, {}], _headers(ignore_result="no")), "'ignore_result' header"),
+    (_message([[], {}, {}], _headers(stamped_headers="abc")), "'stamped_headers' header"),
+    (_message([[], {}, {}], _headers(stamps=[])), "'stamps' header"),
+    (_message([[], {}, {}], _headers(headers="abc")), "'headers' header"),
+    (_message([[], {}, {}], _headers(errbacks=["b.known"])), "'errbacks' header"),
+    (_message([[], {}, {}], _headers(_celery_kit_outcome="x")), "celery_kit"),
+    (_message([[], {}, {}], _headers(id="i" * 2000)), "'id' header"),
+    (_message([[], {}, {"callbacks": "b.known"}], _headers()), "'callbacks'"),
+    (_message([[], {}, {"chain": [{"task": 1}]}], _headers()), "'chain'"),
+    (_message([[], {}, {"chord": []}], _headers()), "'chord'"),
+    (_message([[], {}, {"chain": [{"task": "b.known"}]}], _headers()), "'options'"),
+    (_message([[], {}, {"callbacks": [{"task": "b.known", "args": 5}]}], _headers()), "'args'"),
+    (_message(b'[[], {}, {"errbacks": [{"task": "b.known", "kwargs": []}]}]', _headers()), "'kwargs'"),
+    (_message(b"[[], {}, {}]", _headers(timelimit=[10**400, None])), "'timelimit' header"),
+    (_message({"args": [], "kwargs": {}, "eta": ""}, _headers()), "'eta' header"),  # hybrid
+    (_message({"task": "b.known", "id": "x", "args": [], "retries": "1"}, {}), "'retries' header"),
+    # Properties Celery copies onto the request (on Redis, whatever JSON the publisher wrote).
+    (_message([[], {}, {}], _headers(), properties={"priority": "abc"}), "'priority' property"),
+    (_message([[], {}, {}], _headers(), properties={"priority": 256}), "'priority' property"),
+    (_message([[], {}, {}], _headers(), properties={"reply_to": ["q"]}), "'reply_to' property"),
+    (_message([[], {}, {}], _headers(), properties={"correlation_id": 5}), "'correlation_id' property"),
+    (
+        _message([[], {}, {}], _headers(), properties={"priority": 9, "reply_to": "", "correlation_id": "c"}),
+        None,
+    ),
+    # ... and what Celery's own producers send stays accepted.
+    (_message([[], {}, {}], _headers(timelimit=[None, None], eta=None, expires=None)), None),
+    (_message([[], {}, {}], _headers(timelimit=[30, 20.5], retries=3, ignore_result=True)), None),
+    (_message([[], {}, {}], _headers(timelimit=[])), None),
+    (_message([[], {}, {}], _headers(eta="2026-01-01T00:00:00+00:00", expires="2026-01-02T00:00:00")), None),
+    (
+        _message(
+            [[], {}, {}], _headers(stamped_headers=["on"], stamps={"on": "x"}, group="g", group_index=0)
+        ),
+        None,
+    ),
+    (
+        _message(
+            [
+                [],
+                {},
+                {
+                    "callbacks": [{"task": "b.known", "args": [], "kwargs": {}, "options": {}}],
+                    "errbacks": None,
+                    "chain": [{"task": "b.known", "args": [1], "options": {"task_id": "c"}}],
+                    "chord": None,
+                },
+            ],
+            _headers(root_id=None, parent_id="p", shadow="b.alias", argsrepr="()", origin="gen1@host"),
+        ),
+        None,
+    ),
+    (_message([[], {}, None], _headers(replaced_task_nesting=1, lang="py", whatever=[1, {"x": 2}])), None),
 ]
 
 
@@ -265,20 +353,43 @@ def test_envelope_problems_are_the_ones_celery_cannot_survive(message: Any, prob
 class _Consumer:
     """The parts of Celery's consumer the guard and the signal receivers touch."""
 
+    connection_errors = ()
+    event_dispatcher = None
+    hostname = "unit@host"
+
     def __init__(self, app: Celery) -> None:
         self.app = app
         self.strategies = {"b.known": object()}
         self.calls: list[tuple[str, Any]] = []
 
     def on_decode_error(self, message: Any, exc: BaseException) -> None:
-        self.calls.append(("acked", message))
+        self.calls.append(("celery decode error", message))
 
     def on_invalid_task(self, body: Any, message: Any, exc: BaseException) -> None:
-        self.calls.append(("invalid", exc))
-        signals.task_rejected.send(sender=self, message=message, exc=exc)
+        self.calls.append(("celery invalid", exc))
 
     def create_task_handler(self) -> Any:
         return lambda message: self.calls.append(("handled", message))
+
+
+def _delivered(app: Celery, body: bytes, headers: Any, content_type: str = "application/json") -> Any:
+    """A message delivered through kombu's in-memory broker: it can really be settled."""
+    queue_name = app.conf.task_default_queue
+    with app.connection_for_write() as conn:
+        conn.Producer().publish(
+            body,
+            exchange="",
+            routing_key=queue_name,
+            declare=[Queue(queue_name)],  # type: ignore[no-untyped-call]
+            content_type=content_type,
+            content_encoding="utf-8",
+            headers=headers,
+        )
+    conn = app.connection_for_read()
+    queue = Queue(queue_name).bind(conn.default_channel)  # type: ignore[no-untyped-call]
+    message = queue.get(accept=["application/json"])
+    assert message is not None
+    return message
 
 
 def test_rejections_become_one_classified_event_each(app: Celery, seen: list[TaskEvent]) -> None:
@@ -327,24 +438,103 @@ def test_unobserved_apps_get_no_events_and_no_guard(app: Celery) -> None:
     assert MessageGuard in app.steps["consumer"]
 
 
-def test_the_guard_reports_decode_errors_and_rejects_malformed_envelopes(
-    app: Celery, seen: list[TaskEvent]
+def test_the_guard_refuses_each_message_once_records_a_failure_and_reports_it(
+    app: Celery, seen: list[TaskEvent], caplog: pytest.LogCaptureFixture
 ) -> None:
     consumer = _Consumer(app)
     MessageGuard(consumer)
 
-    undecodable = _message(b"{not json", _headers())
+    undecodable = _delivered(app, b'{"secret-in-body": 1', _headers(id="id-1"))
     consumer.on_decode_error(undecodable, ValueError("bad json"))
-    assert consumer.calls == [("acked", undecodable)]  # Celery's own handling first
-    assert [(e.reason, e.task_id) for e in seen] == [("decode_error", "id-1")]
+    assert consumer.calls == []  # Celery's own handler (which logs the body) is not called
+    assert undecodable.acknowledged
 
     handler = consumer.create_task_handler()
-    good = _message([[], {}, {}], _headers())
+    good = _delivered(app, json.dumps([[], {}, {}]).encode(), _headers(id="id-2"))
     handler(good)
-    handler(_message(5, _headers(id="id-3")))
-    assert consumer.calls[1] == ("handled", good)
-    kind, exc = consumer.calls[2]
-    assert kind == "invalid"
-    assert isinstance(exc, InvalidTaskError)
-    assert "body (int)" in str(exc)
-    assert [(e.reason, e.task_id) for e in seen[1:]] == [("invalid_message", "id-3")]
+    assert consumer.calls == [("handled", good)]
+    malformed = _delivered(app, json.dumps([[], {}, {}]).encode(), _headers(id="id-3", timelimit=["a", "b"]))
+    handler(malformed)
+    assert consumer.calls == [("handled", good)]
+    assert malformed.acknowledged  # rejected, not requeued
+
+    assert [(e.reason, e.task_id) for e in seen] == [("decode_error", "id-1"), ("invalid_message", "id-3")]
+    assert isinstance(seen[1].exception, InvalidTaskError)
+    assert "'timelimit' header" in str(seen[1].exception)
+    for task_id, reason in (("id-1", "decode_error"), ("id-3", "invalid_message")):
+        result = app.AsyncResult(task_id)
+        assert result.state == "FAILURE"
+        assert isinstance(result.result, MessageRejectedError)
+        assert result.result.reason == reason
+        assert result.result.task_name == "b.known"
+    assert app.AsyncResult("id-2").state == "PENDING"
+    # Without the kit's logging (not instrumented here), one plain line each; no body.
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("message rejected")]
+    assert len(lines) == 2
+    assert "decode_error" in lines[0]
+    assert "id-1" in lines[0]
+    assert "'timelimit' header" in lines[1]
+    assert not any("secret-in-body" in r.getMessage() for r in caplog.records)
+
+
+def test_a_refused_message_without_a_string_id_gets_no_result_and_is_still_settled(
+    app: Celery, seen: list[TaskEvent]
+) -> None:
+    consumer = _Consumer(app)
+    MessageGuard(consumer)
+    message = _delivered(app, json.dumps([[], {}, {}]).encode(), _headers(id=["id-9"]))
+    consumer.create_task_handler()(message)
+    assert message.acknowledged
+    assert [(e.reason, e.task_id) for e in seen] == [("invalid_message", "['id-9']")]
+    assert app.AsyncResult("id-9").state == "PENDING"
+
+
+def test_every_message_celerys_own_producer_sends_passes_the_guard(app: Celery) -> None:
+    """The guard refuses only what Celery's producer never sends: every option of
+    ``apply_async`` and every canvas shape, published for real, passes (issue 15)."""
+    from celery import chain, chord, group
+    from kombu.message import Message
+
+    from .conftest import published
+
+    @app.task(shared=False, name="b.add")  # type: ignore[untyped-decorator]
+    def add(x: int, y: int = 0) -> int:
+        return x + y
+
+    now = datetime.now(timezone.utc)
+    add.apply_async(
+        (1, 2),
+        countdown=5,
+        expires=60,
+        time_limit=10,
+        soft_time_limit=5,
+        shadow="b.shadowed",
+        ignore_result=True,
+        priority=3,
+        retries=2,
+        link=add.s(3),
+        link_error=add.si(0),
+        headers={"custom": {"any": ["json", 1]}},
+        stamped_headers=["on"],
+        on="stamped",  # a stamp: named by stamped_headers, passed as an option
+    )
+    add.apply_async((1,), eta=now + timedelta(hours=1), expires=now + timedelta(hours=2))
+    add.apply_async((1,), eta=datetime(2030, 1, 1), time_limit=1.5)  # naive: Celery's timezone
+    chain(add.s(1, 2), add.s(3), add.s(4)).apply_async()
+    group(add.s(1), add.s(2)).apply_async()
+    chord([add.s(1), add.s(2)], add.s()).apply_async()
+    messages = published(app)
+    assert len(messages) >= 8
+    known = {"b.add"}
+    for raw in messages:
+        # Re-read as the worker receives it: the JSON on the wire, not the producer's objects.
+        message = Message(  # type: ignore[no-untyped-call]
+            body=raw.body,
+            content_type=raw.content_type,
+            content_encoding=raw.content_encoding,
+            headers=json.loads(json.dumps(raw.headers, default=str)),
+            properties=json.loads(json.dumps(raw.properties, default=str)),
+            delivery_info={"exchange": "", "routing_key": "q"},
+            accept=["application/json"],
+        )
+        assert envelope_problem(message, known) is None, raw.headers

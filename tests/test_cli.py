@@ -138,7 +138,7 @@ _KEYWORDS = {
     "$defs", "$ref", "additionalProperties", "anyOf", "allOf", "oneOf", "default", "description",
     "enum", "const", "format", "items", "prefixItems", "maxItems", "minItems", "maxLength", "minLength",
     "maximum", "minimum", "exclusiveMaximum", "exclusiveMinimum", "pattern", "properties", "required",
-    "title", "type", "uniqueItems", "x-celery-kit-varargs",
+    "title", "type", "uniqueItems", "x-celery-kit-varargs", "$schema",
 }  # fmt: skip
 
 
@@ -172,10 +172,12 @@ def test_schema_describes_every_validated_task(project: Any) -> None:
     document = json.loads(result.output)
     assert json.loads(json.dumps(document)) == document
     tasks = document["tasks"]
-    assert set(tasks) == {"proj.send_email", "proj.add"}  # the plain task has no schema
+    # The plain task has no schema; shared tasks other test modules define are not ours.
+    assert {name for name in tasks if name.startswith("proj.")} == {"proj.send_email", "proj.add"}
     for described in tasks.values():
         for part in ("payload", "result"):
             _assert_json_schema(described[part], described[part].get("$defs", {}))
+            assert described[part]["$schema"] == "https://json-schema.org/draft/2020-12/schema"
 
     email = tasks["proj.send_email"]
     assert email["payload"]["type"] == "object"
@@ -188,7 +190,25 @@ def test_schema_describes_every_validated_task(project: Any) -> None:
     assert add["payload"]["required"] == ["x"]
     assert add["payload"]["additionalProperties"] == {"type": "string"}  # **labels
     assert add["payload"]["x-celery-kit-varargs"]["items"] == {"type": "integer"}  # *more
-    assert add["result"] == {"type": "integer"}
+    assert add["result"] == {"$schema": "https://json-schema.org/draft/2020-12/schema", "type": "integer"}
+
+
+def test_schema_tells_a_none_result_from_an_unannotated_one(project: Any, tmp_path: Path) -> None:
+    name = project()
+    module = tmp_path / f"{name}.py"
+    module.write_text(
+        module.read_text()
+        + "\n@validated_task(app, shared=False, name='proj.notify')\n"
+        + "def notify(user_id: int) -> None: ...\n"
+        + "\n@validated_task(app, shared=False, name='proj.untyped')\n"
+        + "def untyped(user_id: int): ...\n"
+    )
+    result = _run("-A", name, "kit", "schema", "--task", "proj.notify", "--task", "proj.untyped")
+    assert result.exit_code == 0, result.output
+    tasks = json.loads(result.output)["tasks"]
+    dialect = {"$schema": "https://json-schema.org/draft/2020-12/schema"}
+    assert tasks["proj.notify"]["result"] == {**dialect, "type": "null"}
+    assert tasks["proj.untyped"]["result"] == dialect  # any JSON value
 
 
 def test_schema_for_one_task_and_unknown_names(project: Any) -> None:

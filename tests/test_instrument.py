@@ -4,17 +4,26 @@ from __future__ import annotations
 
 import logging
 
+import pytest
 from celery import Celery
 from celery.contrib.testing.worker import start_worker
 
-from celery_kit import dispatcher_for, instrument
+from celery_kit import ConfigurationError, dispatcher_for, instrument
 
 
 def test_instrument_is_idempotent(app: Celery) -> None:
     first = instrument(app, logging=False, metrics=False)
     observers = dispatcher_for(app).observers
-    assert instrument(app) is first
+    assert instrument(app, logging=False, metrics=False) is first
     assert dispatcher_for(app).observers == observers
+
+
+def test_instrument_again_with_other_options_is_refused(app: Celery) -> None:
+    instrument(app, logging=False, metrics=False, alerts=None)
+    with pytest.raises(ConfigurationError, match=r"already instrumented, with other logging, metrics"):
+        instrument(app, alerts=None)
+    with pytest.raises(ConfigurationError, match="log_context"):
+        instrument(app, logging=False, metrics=False, alerts=None, log_context=("tenant",))
 
 
 def test_dangerous_settings_are_reported_when_the_worker_starts(app: Celery) -> None:

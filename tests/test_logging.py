@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import json
 import logging
-from collections.abc import Iterator
+import sys
 from typing import Any
 
 import pytest
@@ -22,18 +22,6 @@ from celery_kit.logging import (
     configure_logging,
     propagate_context,
 )
-
-
-@pytest.fixture
-def stream() -> Iterator[io.StringIO]:
-    out = io.StringIO()
-    configure_logging(json=True, level="INFO", stream=out)
-    yield out
-    root = logging.getLogger()
-    for handler in [h for h in root.handlers if getattr(h, "_celery_kit_handler", False)]:
-        root.removeHandler(handler)
-    structlog.reset_defaults()
-    structlog.contextvars.clear_contextvars()
 
 
 def lines(stream: io.StringIO) -> list[dict[str, Any]]:
@@ -322,3 +310,26 @@ def test_timestamps_have_the_iso_format_of_structlogs_stamper(monkeypatch: pytes
     assert stamp(None, "info", {})["timestamp"] == "2023-11-14T22:13:20.123456Z"
     monkeypatch.setattr("time.time_ns", lambda: 1_700_000_001_000_001_000)
     assert stamp(None, "info", {})["timestamp"] == "2023-11-14T22:13:21.000001Z"
+
+
+def test_worker_logging_never_writes_into_a_redirected_stderr(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A second ``setup_logging`` after Celery redirected stderr into logging (a forked pool
+    process) must not point the handler at that proxy: every line would loop back."""
+    from celery import signals
+    from celery.utils.log import LoggingProxy
+
+    from celery_kit.logging import _configure_worker_logging
+
+    monkeypatch.setattr(sys, "stderr", LoggingProxy(logging.getLogger("celery.redirected")))
+    root = logging.getLogger()
+    _configure_worker_logging(loglevel="INFO")
+    try:
+        (handler,) = [h for h in root.handlers if getattr(h, "_celery_kit_handler", False)]
+        assert isinstance(handler, logging.StreamHandler)
+        assert handler.stream is sys.__stderr__
+    finally:
+        for installed in [h for h in root.handlers if getattr(h, "_celery_kit_handler", False)]:
+            root.removeHandler(installed)
+        structlog.reset_defaults()
+        logging.captureWarnings(False)
+        signals.celeryd_after_setup.disconnect(dispatch_uid="celery_kit.banner")

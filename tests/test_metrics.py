@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import pytest
 from celery import Celery
+from kombu.entity import Queue
 from prometheus_client import CollectorRegistry
 from pydantic import ValidationError
 
 from celery_kit import PermanentError, RetryPolicy, TaskEvent, dispatcher_for, validated_task
 from celery_kit._events import EventType
-from celery_kit.metrics import MAX_EXCEPTION_LABELS, MetricsObserver, TaskMetrics
+from celery_kit.metrics import MAX_EXCEPTION_LABELS, MetricsObserver, TaskMetrics, _routed_tasks
 
 
 @pytest.fixture
@@ -103,3 +104,63 @@ def test_messages_the_worker_discards_are_counted_by_reason_only() -> None:
     }
     assert labels == {"reason"}  # never the publisher-chosen task name or routing key
     assert value(registry, "r_task_started_total", task="attacker.chosen.name", queue="q") == 0
+
+
+def test_last_success_has_no_sample_before_the_first_success() -> None:
+    registry = CollectorRegistry()
+    observer = MetricsObserver(TaskMetrics(registry, prefix="ls"))
+    name = "ls_task_last_success_timestamp_seconds"
+    labels = {"task": "m.t", "queue": "q"}
+    observer(TaskEvent(EventType.STARTED, "m.t", "a", queue="q"))
+    assert registry.get_sample_value(name, labels) is None  # not 0: "last succeeded in 1970"
+    observer(TaskEvent(EventType.FAILED, "m.t", "a", final=True, exception=ValueError(), queue="q"))
+    assert registry.get_sample_value(name, labels) is None
+    observer(TaskEvent(EventType.STARTED, "m.t", "b", queue="q"))
+    observer(TaskEvent(EventType.SUCCEEDED, "m.t", "b", queue="q"))
+    first = registry.get_sample_value(name, labels)
+    assert first is not None
+    assert first > 1.7e9
+    observer(TaskEvent(EventType.STARTED, "m.t", "c", queue="q"))
+    observer(TaskEvent(EventType.SUCCEEDED, "m.t", "c", queue="q"))
+    assert (registry.get_sample_value(name, labels) or 0) >= first
+
+
+def test_precreated_series_are_at_zero_and_counted_into() -> None:
+    registry = CollectorRegistry()
+    observer = MetricsObserver(TaskMetrics(registry, prefix="pc"))
+    observer.precreate("m.t", "email.high")
+    tq = {"task": "m.t", "queue": "email.high"}
+    assert registry.get_sample_value("pc_task_started_total", tq) == 0
+    for outcome in ("succeeded", "failed", "retried", "rejected", "revoked", "ignored"):
+        assert registry.get_sample_value("pc_task_finished_total", {**tq, "outcome": outcome}) == 0
+    for kind in ("soft", "hard"):
+        assert registry.get_sample_value("pc_task_timeouts_total", {**tq, "kind": kind}) == 0
+    assert registry.get_sample_value("pc_task_validation_errors_total", {**tq, "side": "worker"}) == 0
+    assert registry.get_sample_value("pc_task_in_progress", tq) == 0
+    assert registry.get_sample_value("pc_task_duration_seconds_count", tq) == 0
+    assert registry.get_sample_value("pc_task_queue_wait_seconds_bucket", {**tq, "le": "+Inf"}) == 0
+    assert registry.get_sample_value("pc_task_last_success_timestamp_seconds", tq) is None
+    observer(TaskEvent(EventType.STARTED, "m.t", "a", queue="email.high"))
+    observer(TaskEvent(EventType.FAILED, "m.t", "a", final=True, queue="email.high", detail="hard"))
+    assert registry.get_sample_value("pc_task_started_total", tq) == 1
+    assert registry.get_sample_value("pc_task_finished_total", {**tq, "outcome": "failed"}) == 1
+
+
+def test_series_are_created_for_the_tasks_routed_to_consumed_queues(app: Celery) -> None:
+    app.conf.task_default_queue = "default"
+    app.conf.task_queues = [Queue(name) for name in ("default", "email", "reports")]  # type: ignore[no-untyped-call]
+    app.conf.task_routes = {"m.routed": {"queue": "reports"}}
+
+    @validated_task(app, shared=False, name="m.plain")
+    def plain() -> None: ...
+
+    @validated_task(app, shared=False, name="m.email", queue="email")
+    def email() -> None: ...
+
+    @validated_task(app, shared=False, name="m.routed")
+    def routed() -> None: ...
+
+    app.amqp.queues.select(["default", "email"])  # what `celery worker -Q default,email` does
+    ours = [(task, queue) for task, queue in _routed_tasks(app) if task.startswith("m.")]
+    assert ours == [("m.email", "email"), ("m.plain", "default")]
+    assert not [task for task, _ in _routed_tasks(app) if task.startswith("celery.")]

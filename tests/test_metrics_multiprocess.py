@@ -72,3 +72,49 @@ def test_sums_are_exact_and_dead_processes_vanish_from_live_gauges(tmp_path: Pat
     assert done.returncode == 0, done.stderr
     # 1 + 2 + ... + 12 increments from 12 processes; every process is dead by now.
     assert done.stdout.strip().splitlines()[-1] == "errors=0 started=78 in_progress=0", done.stderr
+
+
+LAST_SUCCESS_SCRIPT = textwrap.dedent(
+    """
+    import multiprocessing, os, sys
+    from celery_kit.metrics import TaskMetrics, MetricsSetup, prepare_multiprocess_dir
+
+    base = sys.argv[1]
+    setup = MetricsSetup(None, port=0, host="127.0.0.1", prefix="ls", registry=None,
+                         duration_buckets=(1.0,), queue_wait_buckets=(1.0,), multiprocess_dir=base)
+    setup.multiprocess_path = prepare_multiprocess_dir("node@test", base)
+    metrics = TaskMetrics(None, prefix="ls")
+
+    def child(value):
+        gauge = metrics.last_success.labels("t", "q")  # its file holds 0 until set
+        if value:
+            gauge.set(value)
+        os._exit(0)
+
+    def samples():
+        return sorted(
+            (s.labels["task"], s.value)
+            for m in setup.exposition_registry().collect()
+            for s in m.samples
+            if s.name == "ls_task_last_success_timestamp_seconds"
+        )
+
+    fork = multiprocessing.get_context("fork")
+    p = fork.Process(target=child, args=(0,)); p.start(); p.join()
+    print("unset", samples())
+    p = fork.Process(target=child, args=(1.8e9,)); p.start(); p.join()
+    print("set", samples())
+    """
+)
+
+
+def test_a_last_success_series_created_but_not_yet_set_is_not_exported_as_zero(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", LAST_SUCCESS_SCRIPT, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["unset []", "set [('t', 1800000000.0)]"], done.stderr

@@ -75,16 +75,15 @@ def test_parameter_named_like_a_field_is_read_as_the_field() -> None:
     assert schema.validate((), {"payload": "x"}).payload == Wrapper(payload="x")
 
 
-def test_any_signature_is_validated_and_sent_by_name() -> None:
+def test_any_signature_is_validated_and_keeps_the_callers_shape() -> None:
     schema = PayloadSchema(many, bound=False)
     call = schema.validate(("5",), {"tags": ("a", "b"), "when": "2026-01-02"})
-    assert call.args == ()
-    assert call.kwargs == {"user_id": 5, "tags": ["a", "b"], "when": date(2026, 1, 2)}
-    assert schema.to_wire(("5",), {"tags": ["a"]}) == ((), {"user_id": 5, "tags": ["a"]})
-    assert schema.to_wire((5, ["a"], date(2026, 1, 2)), {}) == (
-        (),
-        {"user_id": 5, "tags": ["a"], "when": "2026-01-02"},
-    )
+    assert call.args == (5,)
+    assert call.kwargs == {"tags": ["a", "b"], "when": date(2026, 1, 2)}
+    assert call.payload == {"user_id": 5, "tags": ["a", "b"], "when": date(2026, 1, 2)}
+    assert schema.to_wire(("5",), {"tags": ["a"]}) == ((5,), {"tags": ["a"]})
+    assert schema.to_wire((5, ["a"], date(2026, 1, 2)), {}) == ((5, ["a"], "2026-01-02"), {})
+    assert schema.to_wire((), {"user_id": "5", "tags": []}) == ((), {"user_id": 5, "tags": []})
     with pytest.raises(ValidationError) as caught:
         schema.validate((), {"user_id": "x", "unknown": 1})
     assert {(e["type"], e["loc"]) for e in caught.value.errors()} == {
@@ -92,6 +91,96 @@ def test_any_signature_is_validated_and_sent_by_name() -> None:
         ("missing", ("tags",)),
         ("extra_forbidden", ("unknown",)),
     }
+    assert isinstance(caught.value, TypeError)  # a missing argument is Python's TypeError too
+    with pytest.raises(ValidationError) as value_only:
+        schema.validate(("x", []), {})
+    assert not isinstance(value_only.value, TypeError)  # a wrong value is not
+
+
+def untyped(a, b=None, *rest, **extra):  # type: ignore[no-untyped-def]
+    return a
+
+
+def partly(when: date, what, *, how: Any = None):  # type: ignore[no-untyped-def]
+    return when
+
+
+def test_what_the_signature_does_not_declare_travels_untouched() -> None:
+    schema = PayloadSchema(untyped, bound=False)
+    assert not schema.validates
+    value, stamp = {1, 2}, date(2026, 1, 2)
+    wire_args, wire_kwargs = schema.to_wire((value, stamp, 3), {"k": stamp})
+    assert wire_args[0] is value
+    assert wire_args[1] is stamp
+    assert wire_kwargs == {"k": stamp}
+    assert schema.validate((value,), {}).args == (value,)
+
+    part = PayloadSchema(partly, bound=False)
+    assert part.validates
+    wire_args, wire_kwargs = part.to_wire(("2026-01-02", stamp), {"how": (1, 2)})
+    assert wire_args == ("2026-01-02", stamp)  # declared: dumped; undeclared: as given
+    assert wire_kwargs["how"] == (1, 2)
+    call = part.validate(wire_args, wire_kwargs)
+    assert call.args == (stamp, stamp)
+
+
+def test_results_that_are_not_declared_are_not_converted() -> None:
+    schema = PayloadSchema(untyped, bound=False)
+    assert schema.dump_result((1, 2)) == (1, 2)
+    assert schema.dump_result({1}) == {1}
+    assert schema.dump_result(Email(to="a", subject="b")) == {"to": "a", "subject": "b", "body": ""}
+
+    def dated() -> date:
+        return date(2026, 1, 2)
+
+    assert PayloadSchema(dated, bound=False).dump_result(date(2026, 1, 2)) == date(2026, 1, 2)
+
+
+def test_binding_follows_python() -> None:
+    def fn(foo: int, /, bar: int, **extra: int) -> tuple[int, int, dict[str, int]]:
+        return foo, bar, extra
+
+    schema = PayloadSchema(fn, bound=False)
+    # Python: foo=10 is not the positional-only foo; it goes to **extra.
+    assert fn(1, foo=10, bar=20) == (1, 20, {"foo": 10})
+    call = schema.validate((1,), {"foo": "10", "bar": "20"})
+    assert (call.args, call.kwargs) == ((1,), {"bar": 20, "foo": 10})
+    assert schema.to_wire((1,), {"foo": 10, "bar": 20}) == ((1,), {"bar": 20, "foo": 10})
+
+
+def test_run_signature_is_the_functions() -> None:
+    import inspect
+
+    assert list(PayloadSchema(many, bound=False).run_signature().parameters)[1:] == [
+        "user_id",
+        "tags",
+        "when",
+    ]
+
+    def bound_fn(self: object, n: int) -> None: ...
+
+    assert list(PayloadSchema(bound_fn, bound=True).run_signature().parameters) == ["self", "n"]
+    assert inspect.signature(many) == PayloadSchema(many, bound=False).signature
+
+
+def test_partial_signatures_are_refused_only_when_no_completion_fits() -> None:
+    schema = PayloadSchema(many, bound=False)
+    schema.check_partial((), {}, prepended=None, complete=False)  # everything may come later
+    schema.check_partial((["a"],), {}, prepended=None, complete=False)  # user_id from a chain
+    with pytest.raises(ValidationError):
+        schema.check_partial(("not-a-number", "not-a-list"), {}, prepended=None, complete=False)
+    with pytest.raises(ValidationError):
+        schema.check_partial((), {"user_id": "x"}, prepended=None, complete=False)
+    # A chain step gets exactly one argument in front and nothing else.
+    schema.check_partial((["a"],), {}, prepended=1, complete=True)
+    with pytest.raises(ValidationError, match="tags"):
+        schema.check_partial((), {}, prepended=1, complete=True)
+    with pytest.raises(TypeError):
+        schema.check_partial((1, [], None), {}, prepended=1, complete=True)  # one too many
+    model = PayloadSchema(single, bound=False)
+    model.check_partial((), {}, prepended=1, complete=True)  # the payload is the previous result
+    with pytest.raises(ValidationError):
+        model.check_partial(({"to": "a"},), {}, prepended=1, complete=True)
 
 
 def test_positional_only_varargs_and_varkw() -> None:
@@ -99,8 +188,8 @@ def test_positional_only_varargs_and_varkw() -> None:
     call = schema.validate(("1", "2", "3", "4"), {"c": "5", "x": "1.5"})
     assert call.args == (1, 2, 3, 4)
     assert call.kwargs == {"c": 5, "x": 1.5}
-    assert schema.to_wire(("1", "2"), {"c": "5"}) == ((1,), {"b": 2, "c": 5})
-    with pytest.raises(ValidationError, match="unexpected_keyword_argument"):
+    assert schema.to_wire(("1", "2"), {"c": "5"}) == ((1, 2), {"c": 5})
+    with pytest.raises(TypeError, match="missing"):  # as in Python: a= goes to **extra
         schema.validate((), {"a": 1, "b": 2})
     with pytest.raises(ValidationError, match="multiple_argument_values"):
         schema.validate((1, 2), {"b": 2})
@@ -119,7 +208,7 @@ def test_bound_function_skips_the_task_parameter() -> None:
     def fn(self: object, n: int) -> int:
         return n
 
-    assert PayloadSchema(fn, bound=True).validate(("3",), {}).kwargs == {"n": 3}
+    assert PayloadSchema(fn, bound=True).validate(("3",), {}).args == (3,)
     with pytest.raises(ConfigurationError, match="first positional parameter"):
         PayloadSchema(lambda *, n: n, bound=True)
 
@@ -150,7 +239,9 @@ def test_results_are_dumped_to_json_and_parsed_back() -> None:
     assert dumped == {"to": "a", "subject": "b", "body": ""}
     assert schema.load_result(dumped) == Email(to="a", subject="b")
     assert schema.dump_result([Email(to="a", subject="b")]) == [dumped]
-    assert schema.dump_result(date(2026, 1, 2)) == "2026-01-02"
+    assert schema.dump_result((Email(to="a", subject="b"), 1)) == (dumped, 1)
+    assert schema.dump_result({"k": Email(to="a", subject="b")}) == {"k": dumped}
+    assert schema.dump_result(date(2026, 1, 2)) == date(2026, 1, 2)  # kombu's JSON carries it
     assert schema.dump_result(3) == 3
     sentinel = object()
     assert schema.dump_result(sentinel) is sentinel  # left to the result serializer to refuse
@@ -179,7 +270,7 @@ def test_worker_error_is_json_safe_and_keeps_secrets_out() -> None:
     assert rebuilt.errors == error.errors
     assert rebuilt.task_name == "app.login"
     assert "user" in str(rebuilt)
-    assert schema.validate((1,), {}).kwargs == {"login": 1}
+    assert schema.validate((1,), {}).args == (1,)
 
 
 def _login(payload: Login) -> None: ...
@@ -234,6 +325,6 @@ def test_secrets_travel_with_their_real_value_and_stay_masked_elsewhere() -> Non
     assert "hunter2" not in json.dumps(schema.dump_result(received))
 
     many_schema = PayloadSchema(with_secret_args, bound=False)
-    _, kwargs = many_schema.to_wire(("ada", "k-1"), {"extra": ["k-2"]})
-    assert kwargs == {"user": "ada", "api_key": "k-1", "extra": ["k-2"]}
+    args, kwargs = many_schema.to_wire(("ada", "k-1"), {"extra": ["k-2"]})
+    assert (args, kwargs) == (("ada", "k-1"), {"extra": ["k-2"]})
     assert not PayloadSchema(single, bound=False).has_secrets

@@ -91,7 +91,7 @@ def test_payload_forms(tasks: dict[str, ValidatedTask]) -> None:
     by_tuple = periodic(report, 10, ({"kind": "x"},))
     assert by_fields["args"] == by_model["args"] == by_tuple["args"] == ({"kind": "x", "day_offset": 0},)
     assert periodic(tasks["ping"], timedelta(minutes=5))["args"] == ()
-    assert periodic(tasks["cleanup"], 10, (3,))["kwargs"] == {"older_than_days": 3}
+    assert periodic(tasks["cleanup"], 10, (3,))["args"] == (3,)  # positional stays positional
 
 
 def test_options_and_relative_are_carried(tasks: dict[str, ValidatedTask]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 from typing import Any
 
@@ -102,12 +103,15 @@ def test_invalid_payload_raises_in_the_caller_and_publishes_nothing(app: Celery,
     assert published(app) == []
 
 
-def test_apply_and_direct_calls_validate_with_pydantics_error(app: Celery) -> None:
+def test_apply_runs_as_a_worker_would_and_direct_calls_raise(app: Celery) -> None:
     send = make_send(app)
     assert send.apply(kwargs={"to": "a@b.c", "subject": "hi"}).get() == {"message_id": "<a@b.c>"}
-    assert send(to="a@b.c", subject="hi") == {"message_id": "<a@b.c>"}
-    with pytest.raises(ValidationError):
-        send.apply(kwargs={"to": "bad", "subject": "hi"})
+    assert send(to="a@b.c", subject="hi") == Sent(message_id="<a@b.c>")  # a direct call: the function's value
+    refused = send.apply(kwargs={"to": "bad", "subject": "hi"})  # as on a worker: a FAILURE result
+    assert refused.state == "FAILURE"
+    assert isinstance(refused.result, PayloadValidationError)
+    with pytest.raises(PayloadValidationError):
+        send.apply(kwargs={"to": "bad", "subject": "hi"}, throw=True)  # Celery's eager propagation
     with pytest.raises(ValidationError):
         send(to="bad", subject="hi")
 
@@ -168,9 +172,15 @@ def test_celerys_argument_check_still_sees_the_real_signature(app: Celery) -> No
     add.__header__(1, 2)
     with pytest.raises(TypeError):
         add.__header__(1, 2, 3)
-    add.delay(1, 2)
+    add.delay("1", y=2)
     ((args, kwargs, _),) = (decoded(m) for m in published(app))
-    assert (args, kwargs) == ([], {"x": 1, "y": 2})
+    assert (args, kwargs) == ([1], {"y": 2})  # validated, and in the caller's shape
+    assert list(inspect.signature(add.run).parameters) == ["x", "y"]
+    with pytest.raises(TypeError, match="y\n  Field required") as missing:
+        add.delay(1)  # a TypeError as in Celery, and a ValidationError as in the kit
+    assert isinstance(missing.value, ValidationError)
+    with pytest.raises(ValidationError):
+        add.delay("x", 2)
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -183,8 +193,8 @@ def test_celerys_argument_check_still_sees_the_real_signature(app: Celery) -> No
 def test_fuzzed_payloads_publish_only_when_valid(send: Any, fields: dict[str, Any]) -> None:
     app = send.app
     try:
-        Email.model_validate(fields, strict=False)
-        expect_valid = "other" not in fields
+        Email.model_validate(fields, strict=False)  # the model's own config decides on extras
+        expect_valid = True
     except ValidationError:
         expect_valid = False
     try:
@@ -250,9 +260,17 @@ def test_contradicting_max_retries_is_refused(app: Celery) -> None:
         make_send(app, retry=RetryPolicy(retry_on=(OSError,), max_retries=2), max_retries=5).name  # noqa: B018
 
 
-def test_pydantic_true_is_refused(app: Celery) -> None:
-    with pytest.raises(ConfigurationError, match="drop pydantic=True"):
-        make_send(app, pydantic=True).name  # noqa: B018
+def test_pydantic_true_keeps_celerys_own_validation(app: Celery) -> None:
+    send = make_send(app, pydantic=True, pydantic_strict=True)
+    assert send.payload_schema is not None
+    assert not send.payload_schema.validates
+    send.delay(Email(to="a@b.c", subject="hi"))  # Celery's dump_arguments sends the model's JSON
+    ((args, kwargs, _),) = (decoded(m) for m in published(app))
+    assert (args, kwargs) == ([{"to": "a@b.c", "subject": "hi", "body": ""}], {})
+    assert send.apply(({"to": "a@b.c", "subject": "hi"},)).get() == {"message_id": "<a@b.c>"}
+    # pydantic_strict=True is Celery's option: a string for a model is refused on the worker.
+    outcome = send.apply(('{"to": "a@b.c"}',))
+    assert isinstance(outcome.result, ValidationError)
 
 
 def test_base_must_be_a_validated_task(app: Celery) -> None:
@@ -385,25 +403,55 @@ def test_permanent_and_unlisted_errors_are_not_retried(app: Celery, error: Excep
     assert [(e.kind, e.final) for e in seen] == [(FailureKind.PERMANENT, True)]
 
 
-def test_autoretry_for_is_translated_and_never_retries_validation_errors(app: Celery) -> None:
-    flaky, _ = flaky_task(app, 1, autoretry_for=(Exception,), max_retries=2, retry_backoff=0.5)
-    policy = flaky.retry_policy
-    assert policy is not None
-    assert (policy.retry_on, policy.max_retries, policy.backoff) == ((Exception,), 2, 0.5)
-    assert flaky.apply((1,)).get() == 2
+def test_autoretry_for_keeps_celerys_rules_and_never_retries_validation_errors(app: Celery) -> None:
+    flaky, calls = flaky_task(
+        app, 5, autoretry_for=(Exception,), retry_kwargs={"max_retries": 2, "countdown": 0}
+    )
+    assert flaky.retry_policy is None  # Celery's options stay Celery's
+    seen = events_of(app)
+    outcome = flaky.apply((1,))
+    assert isinstance(outcome.result, ConnectionError)
+    assert calls == [1, 1, 1]  # retry_kwargs' max_retries=2, as in Celery
+    assert [(e.type, e.final, e.reason) for e in seen] == [
+        (EventType.RETRYING, False, "retriable error"),
+        (EventType.RETRYING, False, "retriable error"),
+        (EventType.FAILED, True, "retries exhausted"),
+    ]
 
     from celery.app.trace import build_tracer
 
-    seen = events_of(app)
+    seen.clear()
     tracer = build_tracer(flaky.name, flaky, eager=True, app=app)
-    outcome = tracer("task-2", ["not-a-number"], {}, {"id": "task-2"})
-    assert isinstance(outcome.retval.exception, PayloadValidationError)
+    result = tracer("task-2", ["not-a-number"], {}, {"id": "task-2"})
+    assert isinstance(result.retval.exception, PayloadValidationError)
     assert [(e.type, e.final) for e in seen] == [(EventType.FAILED, True)]
 
 
-def test_autoretry_without_a_limit_is_refused(app: Celery) -> None:
-    with pytest.raises(ConfigurationError, match="retries forever"):
-        flaky_task(app, 0, autoretry_for=(OSError,), max_retries=None)[0].name  # noqa: B018
+def test_dont_autoretry_for_and_a_retry_max_retries_override(app: Celery) -> None:
+    calls: list[str] = []
+
+    @validated_task(
+        app, shared=False, name="t.picky", bind=True, max_retries=5,
+        autoretry_for=(Exception,), dont_autoretry_for=(KeyError,), default_retry_delay=0,
+    )  # fmt: skip
+    def picky(self: ValidatedTask, error: str) -> None:
+        calls.append(error)
+        if error == "override" and not self.request.retries:
+            self.retry(max_retries=1, countdown=0, throw=False)  # lowers the limit for autoretry
+        raise KeyError(error) if error == "key" else ValueError(error)
+
+    assert isinstance(picky.apply(("key",)).result, KeyError)
+    assert calls == ["key"]
+    calls.clear()
+    assert isinstance(picky.apply(("override",)).result, ValueError)
+    assert calls == ["override", "override"]  # one retry: the override, not max_retries=5
+
+
+def test_autoretry_without_a_limit_is_celerys_choice(app: Celery) -> None:
+    flaky, calls = flaky_task(app, 7, autoretry_for=(OSError,), max_retries=None, retry_backoff=-1)
+    with_jitter_off = flaky.apply((1,))  # retry_backoff=-1 means a factor of 1 in Celery
+    assert with_jitter_off.get() == 8
+    assert len(calls) == 8
 
 
 # -- soft-timeout cleanup -----------------------------------------------------------------------
@@ -509,7 +557,7 @@ def test_control_flow_and_soft_timeouts_are_never_retried_even_when_everything_i
 
 def test_bytes_json_cannot_carry_raise_a_validation_error_and_publish_nothing(app: Celery) -> None:
     @validated_task(app, shared=False, name="t.blob")
-    def blob(data: dict[str, Any]) -> None: ...
+    def blob(data: dict[str, bytes]) -> None: ...
 
     refused: list[TaskEvent] = []
     dispatcher_for(app).subscribe(
@@ -519,3 +567,140 @@ def test_bytes_json_cannot_carry_raise_a_validation_error_and_publish_nothing(ap
         blob.delay({"raw": b"\xff\xfe"})
     assert published(app) == []
     assert [e.task_name for e in refused] == ["t.blob"]
+
+
+# -- drop-in: an existing Celery task keeps Celery's behaviour ----------------------------------
+
+
+@pytest.fixture
+def plain_app(unique: str) -> Any:
+    app = Celery(
+        f"plain-{unique}",
+        broker="memory://",
+        backend="cache+memory://",
+        task_cls="celery_kit:ValidatedTask",
+        set_as_current=False,
+    )
+    app.conf.task_default_queue = f"q-{unique}"
+    yield app
+    app.close()
+
+
+def test_retry_merges_args_and_kwargs_as_celery_does(plain_app: Celery) -> None:
+    @plain_app.task(bind=True, shared=False)  # type: ignore[untyped-decorator]
+    def scale(self: Any, foo: Any, bar: Any) -> Any:
+        if not self.request.retries:
+            raise self.retry(kwargs={"foo": foo * 10}, countdown=0)
+        return foo, bar
+
+    @plain_app.task(bind=True, shared=False)  # type: ignore[untyped-decorator]
+    def shift(self: Any, foo: int, bar: int) -> Any:
+        if not self.request.retries:
+            raise self.retry(args=(foo * 10,), countdown=0)
+        return foo, bar
+
+    assert scale.apply((1, 2)).get() == (10, 2)
+    assert shift.apply((1,), {"bar": 2}).get() == (10, 2)
+
+
+def test_max_retries_exceeded_carries_the_tasks_arguments(plain_app: Celery) -> None:
+    from celery.exceptions import MaxRetriesExceededError
+
+    @plain_app.task(bind=True, shared=False, max_retries=0)  # type: ignore[untyped-decorator]
+    def once(self: Any, a: int, b: int) -> None:
+        raise self.retry(countdown=0)
+
+    outcome = once.apply((1, 2))
+    assert isinstance(outcome.result, MaxRetriesExceededError)
+    assert tuple(outcome.result.task_args) == (1, 2)
+
+
+def test_undeclared_values_are_sent_as_celery_sends_them(plain_app: Celery) -> None:
+    from kombu.exceptions import EncodeError
+
+    @plain_app.task(shared=False)
+    def pair(x):  # type: ignore[no-untyped-def]
+        return (x, x)
+
+    assert pair.apply((1,)).get() == (1, 1)  # a tuple stays a tuple
+    with pytest.raises(EncodeError):
+        pair.delay({1, 2})  # kombu's JSON refuses a set, as without the kit
+    assert published(plain_app) == []
+
+
+def test_typing_false_and_strict_typing_false_turn_the_callers_checks_off(plain_app: Celery) -> None:
+    @plain_app.task(shared=False, typing=False)  # type: ignore[untyped-decorator]
+    def loose(x: int, y: int) -> None: ...
+
+    loose.delay(1)  # Celery sends it; the worker will refuse it
+    loose.delay("x", 2)
+    assert len(published(plain_app)) == 2
+    lax = Celery("lax", broker="memory://", task_cls="celery_kit:ValidatedTask", strict_typing=False)
+
+    @lax.task(shared=False)  # type: ignore[untyped-decorator]
+    def later(x: int) -> None: ...
+
+    assert later.typing is False
+    later.delay()
+
+
+def test_arguments_celery_refuses_keep_celerys_type_error(plain_app: Celery) -> None:
+    @plain_app.task(shared=False)  # type: ignore[untyped-decorator]
+    def add(x: int, y: int) -> int:
+        return x + y
+
+    with pytest.raises(TypeError, match="list or tuple"):
+        add.apply_async("ab")
+    with pytest.raises(TypeError, match="mapping"):
+        add.apply_async((1, 2), "ab")
+    with pytest.raises(TypeError, match="z\n  Extra inputs are not permitted"):
+        add.delay(1, 2, z=3)
+
+    @plain_app.task(shared=False)
+    def untyped(x, y):  # type: ignore[no-untyped-def]
+        return x
+
+    with pytest.raises(TypeError, match="unexpected keyword argument 'z'"):
+        untyped.delay(1, 2, z=3)  # a task that declares nothing: Celery's own check and message
+    assert published(plain_app) == []
+
+
+def test_a_retry_that_does_not_fit_is_not_blamed_on_a_previous_result(app: Celery) -> None:
+    @validated_task(app, shared=False, name="t.reretry", bind=True)
+    def reretry(self: ValidatedTask, n: int) -> None: ...
+
+    reretry.push_request(
+        id="t-1",
+        args=(1,),
+        kwargs={},
+        retries=0,
+        is_eager=False,
+        called_directly=False,
+        parent_id="p-1",
+        root_id="r-1",  # as on a worker: a retry carries the ids too
+    )
+    try:
+        with pytest.raises(ValidationError) as caught:  # refused before anything is sent
+            reretry.retry(kwargs={"n": "not-a-number"}, countdown=0)
+    finally:
+        reretry.pop_request()
+    assert not isinstance(caught.value, PayloadValidationError)  # not "the previous task's result"
+    assert published(app) == []
+
+    class Counted(ValidatedTask):
+        name = "t.counted"
+
+        def run(self, n: int) -> None: ...
+
+    counted = app.register_task(Counted())
+    counted.push_request(
+        id="t-2", args=(1,), kwargs={}, retries=0, is_eager=False, called_directly=False,
+        parent_id="p-2", root_id="r-2",
+    )  # fmt: skip
+    try:
+        with pytest.raises(Reject) as rejected:  # Celery's retry(): a publish that fails is a Reject
+            counted.retry(args=(), kwargs={}, countdown=0)
+    finally:
+        counted.pop_request()
+    assert isinstance(rejected.value.reason, TypeError)  # the missing n: the call's shape
+    assert not isinstance(rejected.value.reason, PayloadValidationError)

@@ -11,7 +11,7 @@ from celery import Celery
 
 from celery_kit import PayloadValidationError, instrument, validated_task
 from celery_kit.alerts import Alerting, WebhookSink
-from celery_kit.testing import AlertReceiver, WorkerProcess
+from celery_kit.testing import AlertReceiver, WorkerProcess, WorkerStartError
 
 from ._support import wait_for
 from .integration.worker_app import build_app
@@ -128,3 +128,36 @@ def test_celerys_classic_fixtures_still_work_beside_the_plugin(pytester: pytest.
     )
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
     result.assert_outcomes(passed=1)
+
+
+def test_worker_process_as_a_context_manager_removes_its_log(
+    celery_kit_broker_url: str, celery_kit_queue: str, redis_url: str, pytestconfig: pytest.Config
+) -> None:
+    env = {
+        "KIT_TEST_BROKER_URL": celery_kit_broker_url,
+        "KIT_TEST_BACKEND_URL": redis_url,
+        "KIT_TEST_QUEUE": celery_kit_queue,
+        "KIT_TEST_STATE_URL": redis_url,
+        "KIT_TEST_PREFIX": celery_kit_queue,
+        "PYTHONPATH": str(pytestconfig.rootpath),
+    }
+    root = pytestconfig.rootpath
+    worker = WorkerProcess(
+        "tests.integration.worker_app", queues=[celery_kit_queue], pool="solo", cwd=root, env=env
+    )
+    try:
+        with worker:
+            assert " ready." in worker.log()
+            assert worker.log_path.exists()
+        assert worker.process is not None
+        assert worker.process.returncode is not None  # stopped
+        assert not worker.log_path.exists()
+    finally:
+        app = build_app(celery_kit_broker_url, redis_url, celery_kit_queue, redis_url, celery_kit_queue)
+        with app.connection_for_write() as conn:
+            conn.default_channel.queue_delete(celery_kit_queue)
+
+    broken = WorkerProcess("tests.no_such_module", pool="solo", cwd=root, env=env)
+    with pytest.raises(WorkerStartError), broken:
+        pass
+    assert not broken.log_path.exists()

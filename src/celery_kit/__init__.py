@@ -18,13 +18,17 @@ if TYPE_CHECKING:
 
     from ._errors import (
         CeleryKitError,
+        ChainPayloadError,
         ConfigurationError,
+        MessageRejectedError,
         PayloadTooLargeError,
         PayloadValidationError,
         PermanentError,
     )
     from ._events import Dispatcher, EventType, FailureKind, RejectReason, TaskEvent, dispatcher_for
     from ._instrument import Instrumentation, instrument
+    from ._observer import Observer
+    from ._payload import ArgumentsError
     from ._retry import RetryPolicy
     from ._task import (
         DEFAULT_MAX_PAYLOAD_BYTES,
@@ -40,12 +44,16 @@ __all__ = [
     "DEFAULT_MAX_PAYLOAD_BYTES",
     "FIRST_ATTEMPT_HEADER",
     "MAX_PAYLOAD_SETTING",
+    "ArgumentsError",
     "CeleryKitError",
+    "ChainPayloadError",
     "ConfigurationError",
     "Dispatcher",
     "EventType",
     "FailureKind",
     "Instrumentation",
+    "MessageRejectedError",
+    "Observer",
     "PayloadTooLargeError",
     "PayloadValidationError",
     "PermanentError",
@@ -61,8 +69,11 @@ __all__ = [
 
 #: Where each public name lives; the first access to any of them imports them all.
 _EXPORTS = {
+    "ArgumentsError": "._payload",
     "CeleryKitError": "._errors",
+    "ChainPayloadError": "._errors",
     "ConfigurationError": "._errors",
+    "MessageRejectedError": "._errors",
     "PayloadTooLargeError": "._errors",
     "PayloadValidationError": "._errors",
     "PermanentError": "._errors",
@@ -74,6 +85,7 @@ _EXPORTS = {
     "dispatcher_for": "._events",
     "Instrumentation": "._instrument",
     "instrument": "._instrument",
+    "Observer": "._observer",
     "RetryPolicy": "._retry",
     "DEFAULT_MAX_PAYLOAD_BYTES": "._task",
     "FIRST_ATTEMPT_HEADER": "._task",

@@ -29,11 +29,12 @@ cannot decode, and a few malformed envelopes crash its consumer outright.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from _thread import get_ident
 from collections import OrderedDict
-from collections.abc import Callable, Container
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -42,6 +43,7 @@ from celery._state import get_current_app
 from celery.exceptions import InvalidTaskError, Retry, TimeLimitExceeded, WorkerLostError
 from kombu.exceptions import ContentDisallowed
 
+from ._envelope import envelope_problem
 from ._events import (
     Classification,
     Dispatcher,
@@ -54,14 +56,18 @@ from ._events import (
     publishing_app,
     request_value,
 )
+from ._refusal import refuse, refused_task
 
 __all__ = [
     "PUBLISHED_AT_HEADER",
     "MessageGuard",
+    "connect_process_receivers",
     "connect_task_receivers",
     "envelope_problem",
     "report_rejected_message",
 ]
+
+logger = logging.getLogger("celery_kit")
 
 #: Message header with the wall-clock publish time, for the queue-wait measurement.
 PUBLISHED_AT_HEADER = "celery_kit_published_at"
@@ -413,80 +419,19 @@ def _on_task_unknown(
     )
 
 
-def _body_problem(body: Any) -> str | None:
-    if not isinstance(body, (list, tuple)) or len(body) != 3:
-        return (
-            f"the body ({type(body).__name__}) is not the array [args, kwargs, embed] of "
-            "Celery's message protocol 2"
-        )
-    args, kwargs, embed = body
-    if not isinstance(args, (list, tuple)):
-        return f"args (body[0]) must be an array, not {type(args).__name__}"
-    if not isinstance(kwargs, dict):
-        return f"kwargs (body[1]) must be an object, not {type(kwargs).__name__}"
-    if embed is not None and not isinstance(embed, dict):
-        return f"embed (body[2]) must be an object or null, not {type(embed).__name__}"
-    return None
-
-
-def envelope_problem(message: Any, known_tasks: Container[str]) -> str | None:
-    """Why Celery's consumer would crash on ``message``; ``None`` if it can handle it.
-
-    Mirrors what Celery 5's ``on_task_received``, its default strategy and
-    ``Request.__init__`` assume without checking: a string task name and task id, and a
-    body of three parts. A message that breaks one of these raises out of the consumer:
-    the worker exits ("Unrecoverable error"), or on Redis reconnects in a loop, and the
-    unacknowledged message is delivered again -- a poison message. On RabbitMQ some are
-    held unacknowledged forever instead, taking a prefetch slot. Anything Celery already
-    reports (an undecodable body, a refused content type, no task header) is left to it.
-    The body is decoded here only where Celery decodes it anyway; kombu caches it.
-    """
-    headers = message.headers
-    if not isinstance(headers, dict):
-        return None  # Celery: an unknown message, rejected and reported
-    if "task" in headers:  # protocol 2
-        name = headers["task"]
-        if not isinstance(name, str):
-            return f"the 'task' header must be a string, not {type(name).__name__}"
-        task_id = headers.get("id")
-        if name in known_tasks:
-            try:
-                body = message.payload
-            except Exception:
-                return None  # Celery reports a body it cannot decode or must not accept
-            if isinstance(body, dict) and "args" in body:  # a hybrid protocol-1 body
-                task_id = headers.get("id", body.get("id"))
-            else:
-                problem = _body_problem(body)
-                if problem is not None:
-                    return problem
-    else:  # protocol 1: the body is a mapping naming the task
-        try:
-            body = message.payload
-        except Exception:
-            return None  # Celery reports it as a decode error
-        if not isinstance(body, dict) or "task" not in body:
-            return None  # Celery: an unknown message
-        if not isinstance(body["task"], str):
-            return f"the body's 'task' must be a string, not {type(body['task']).__name__}"
-        task_id = body.get("id")
-    if not isinstance(task_id, str):
-        return f"the task id ('id' header) must be a string, not {type(task_id).__name__}"
-    return None
-
-
 class MessageGuard(bootsteps.Step):  # type: ignore[misc]
-    """Consumer bootstep: every message the worker discards is reported, none crashes it.
+    """Consumer bootstep: no message crashes the worker; every refusal is reported once.
 
-    Wraps two callbacks of this one consumer instance (nothing global, nothing in
-    Celery's classes), the way Celery's own consumer bootsteps set consumer attributes:
+    Sets callbacks of this one consumer instance (nothing global, nothing in Celery's
+    classes), the way Celery's own consumer bootsteps set consumer attributes:
 
-    * ``on_decode_error`` -- Celery acknowledges a body it cannot decode and logs it, but
-      sends no signal; the wrapper reports it as ``decode_error``.
     * ``create_task_handler`` -- the handler it builds first checks the envelope
-      (:func:`envelope_problem`) and hands a malformed message to Celery's own
-      ``on_invalid_task``, which logs it, rejects it without requeueing and sends
-      ``task_rejected``.
+      (:func:`~celery_kit._envelope.envelope_problem`) and refuses a message Celery would
+      crash on or be misled by, as an invalid message.
+    * ``on_decode_error``, ``on_invalid_task``, ``on_unknown_task``,
+      ``on_unknown_message`` -- Celery's four ways of refusing a message, replaced by
+      :func:`~celery_kit._refusal.refuse`: the same settling and signals, plus a
+      ``FAILURE`` result for the caller, and no message body in the log.
 
     Added to the worker of every app that has a dispatcher (``instrument(app)``).
     """
@@ -496,26 +441,51 @@ class MessageGuard(bootsteps.Step):  # type: ignore[misc]
     def __init__(self, parent: Any, **kwargs: Any) -> None:
         super().__init__(parent, **kwargs)
         consumer = parent
-        on_decode_error: Callable[[Any, BaseException], None] = consumer.on_decode_error
         create_task_handler: Callable[..., Callable[[Any], Any]] = consumer.create_task_handler
 
-        def reported_decode_error(message: Any, exc: BaseException) -> None:
-            on_decode_error(message, exc)  # logs, then acknowledges: never redelivered
+        def on_decode_error(message: Any, exc: BaseException) -> None:
+            refuse(consumer, message, RejectReason.DECODE_ERROR, exc, f"the body cannot be decoded: {exc}")
             report_rejected_message(consumer, message, RejectReason.DECODE_ERROR, exc)
+
+        def on_invalid_task(body: Any, message: Any, exc: BaseException) -> None:
+            if isinstance(exc, ContentDisallowed):
+                reason, detail = RejectReason.CONTENT_TYPE, f"the content type is refused: {exc}"
+            else:
+                reason, detail = RejectReason.INVALID_MESSAGE, str(exc)
+            refuse(consumer, message, reason, exc, detail)
+
+        def on_unknown_task(body: Any, message: Any, exc: BaseException) -> None:
+            name, _ = refused_task(message)
+            detail = (
+                f"no task named {_clip(name)} is registered on this worker (is its module "
+                "imported by the worker, and the message routed to the right queue?)"
+            )
+            refuse(consumer, message, RejectReason.UNKNOWN_TASK, exc, detail)
+
+        def on_unknown_message(body: Any, message: Any) -> None:
+            detail = "not a task message: no 'task' header and no task named in the body"
+            refuse(consumer, message, RejectReason.INVALID_MESSAGE, None, detail)
 
         def guarded_task_handler(*args: Any, **kwargs: Any) -> Callable[[Any], Any]:
             handler = create_task_handler(*args, **kwargs)
             known_tasks = consumer.strategies  # updated in place on every reconnect
 
             def on_task_received(message: Any) -> Any:
-                problem = envelope_problem(message, known_tasks)
+                try:
+                    problem = envelope_problem(message, known_tasks)
+                except Exception as exc:  # a check that fails must not stop the consumer
+                    problem = f"the envelope could not be checked ({type(exc).__name__}: {exc})"
                 if problem is not None:
-                    return consumer.on_invalid_task(None, message, InvalidTaskError(problem))
+                    return on_invalid_task(None, message, InvalidTaskError(problem))
                 return handler(message)
 
             return on_task_received
 
-        consumer.on_decode_error = reported_decode_error
+        # create_task_handler reads these four when the consumer starts, after this step.
+        consumer.on_decode_error = on_decode_error
+        consumer.on_invalid_task = on_invalid_task
+        consumer.on_unknown_task = on_unknown_task
+        consumer.on_unknown_message = on_unknown_message
         consumer.create_task_handler = guarded_task_handler
 
 
@@ -544,3 +514,53 @@ def connect_task_receivers() -> None:
     """
     signals.task_prerun.connect(_on_prerun, weak=False, dispatch_uid="celery_kit.prerun")
     signals.task_postrun.connect(_on_postrun, weak=False, dispatch_uid="celery_kit.postrun")
+
+
+# -- process lifecycle ---------------------------------------------------------------------------
+
+
+def _process_observers(app: Any) -> tuple[Any, ...]:
+    dispatcher = _dispatcher_of_app(app)
+    if dispatcher is None:
+        return ()
+    return tuple(o for o in dispatcher.observers if getattr(o, "observes_processes", False))
+
+
+def _call_hooks(observers: tuple[Any, ...], hook: str, *args: Any) -> None:
+    for observer in observers:
+        try:
+            getattr(observer, hook)(*args)
+        except Exception:
+            logger.exception("celery_kit observer %r failed in %s", observer, hook)
+
+
+def _on_worker_init(sender: Any = None, **_: Any) -> None:
+    _call_hooks(_process_observers(getattr(sender, "app", None)), "on_worker_init", sender)
+
+
+def _on_beat_init(sender: Any = None, **_: Any) -> None:
+    _call_hooks(_process_observers(getattr(sender, "app", None)), "on_beat_init", sender)
+
+
+def _on_process_init(**_: Any) -> None:
+    # A pool process serves the one app its worker runs; the signal names none.
+    for app in known_apps():
+        _call_hooks(_process_observers(app), "on_process_init")
+
+
+def _on_process_shutdown(**_: Any) -> None:
+    for app in known_apps():
+        _call_hooks(_process_observers(app), "on_process_shutdown")
+
+
+def connect_process_receivers() -> None:
+    """Connect the process-lifecycle receivers (idempotent); done when an observer with
+    process hooks subscribes."""
+    signals.worker_init.connect(_on_worker_init, weak=False, dispatch_uid="celery_kit.observer_worker_init")
+    signals.beat_init.connect(_on_beat_init, weak=False, dispatch_uid="celery_kit.observer_beat_init")
+    signals.worker_process_init.connect(
+        _on_process_init, weak=False, dispatch_uid="celery_kit.observer_process_init"
+    )
+    signals.worker_process_shutdown.connect(
+        _on_process_shutdown, weak=False, dispatch_uid="celery_kit.observer_process_shutdown"
+    )

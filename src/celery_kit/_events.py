@@ -39,8 +39,8 @@ __all__ = [
     "Dispatcher",
     "EventType",
     "FailureKind",
-    "Observer",
     "RejectReason",
+    "Subscriber",
     "TaskEvent",
     "classify",
     "dispatcher_for",
@@ -197,7 +197,8 @@ class TaskEvent:
         return self.type in FINISHED
 
 
-Observer = Callable[[TaskEvent], None]
+#: What a dispatcher calls with each event: a :class:`celery_kit.Observer`, or any callable.
+Subscriber = Callable[[TaskEvent], None]
 
 
 def request_value(request: Any, name: str) -> Any:
@@ -239,20 +240,20 @@ class Dispatcher:
     """
 
     def __init__(self) -> None:
-        self._observers: tuple[Observer, ...] = ()
-        self._routes: dict[EventType, tuple[Observer, ...]] = {}
+        self._observers: tuple[Subscriber, ...] = ()
+        self._routes: dict[EventType, tuple[Subscriber, ...]] = {}
         self._lock = threading.Lock()
 
     @property
-    def observers(self) -> tuple[Observer, ...]:
+    def observers(self) -> tuple[Subscriber, ...]:
         return self._observers
 
     def wants(self, event_type: EventType) -> bool:
         """Whether any subscribed observer reads events of ``event_type``."""
         return event_type in self._routes
 
-    def _set_observers(self, observers: tuple[Observer, ...]) -> None:
-        routes: dict[EventType, tuple[Observer, ...]] = {}
+    def _set_observers(self, observers: tuple[Subscriber, ...]) -> None:
+        routes: dict[EventType, tuple[Subscriber, ...]] = {}
         for event_type in EventType:
             takers = tuple(o for o in observers if event_type in getattr(o, "event_types", (event_type,)))
             if takers:
@@ -260,17 +261,23 @@ class Dispatcher:
         self._routes = routes
         self._observers = observers
 
-    def subscribe(self, observer: Observer) -> Observer:
-        """Add ``observer`` (idempotent); returns it, so it works as a decorator."""
-        from ._bridge import connect_task_receivers  # the bridge imports this module
+    def subscribe(self, observer: Subscriber) -> Subscriber:
+        """Add ``observer`` (idempotent); returns it, so it works as a decorator.
+
+        ``observer`` is a :class:`celery_kit.Observer`, or any callable taking a
+        :class:`TaskEvent` (optionally with an ``event_types`` attribute).
+        """
+        from ._bridge import connect_process_receivers, connect_task_receivers  # imports us
 
         connect_task_receivers()
+        if getattr(observer, "observes_processes", False):
+            connect_process_receivers()
         with self._lock:
             if observer not in self._observers:
                 self._set_observers((*self._observers, observer))
         return observer
 
-    def unsubscribe(self, observer: Observer) -> None:
+    def unsubscribe(self, observer: Subscriber) -> None:
         with self._lock:
             self._set_observers(tuple(o for o in self._observers if o is not observer))
 

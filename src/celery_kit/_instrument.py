@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from celery import Celery
 from prometheus_client import CollectorRegistry
 
 from . import _bridge  # noqa: F401  -- tasks and instrument need the signal receivers
+from ._errors import ConfigurationError
 from ._events import dispatcher_for
+from ._observer import Observer
 from .alerts import Alerter, Alerting, AlertObserver, sinks_from_urls
 from .metrics import DEFAULT_DURATION_BUCKETS, DEFAULT_QUEUE_WAIT_BUCKETS, MetricsSetup
 
@@ -42,6 +44,10 @@ class Instrumentation:
     metrics: MetricsSetup | None
     alerts: AlertObserver | None = None
     health: HealthSetup | None = None
+    #: The user's own observers (``observers=``).
+    observers: tuple[Observer, ...] = ()
+    #: The options it was called with: a second call must give the same.
+    options: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
 
 def instrument(
@@ -61,10 +67,13 @@ def instrument(
     metrics_dir: str | None = None,
     health: bool = True,
     health_file: str | None = None,
+    observers: Iterable[Observer] = (),
 ) -> Instrumentation:
     """Wire structured logging and Prometheus metrics into ``app``; idempotent.
 
-    Call it where the app is created, so workers and producers both get it.
+    Call it where the app is created, so workers and producers both get it. Calling it
+    again with the same options returns the first :class:`Instrumentation`; with other
+    options it raises :class:`~celery_kit.ConfigurationError` (one app, one configuration).
 
     Args:
         logging: take over worker logging (structlog, JSON lines unless on a terminal;
@@ -85,9 +94,47 @@ def instrument(
             (``python -m celery_kit.health worker live``), from workers and beat.
         health_file: where the worker writes it (``%n`` expands to the node name);
             default ``$CELERY_KIT_HEALTH_FILE`` or a per-node file in the temp directory.
+        observers: your own :class:`~celery_kit.Observer` instances, fed the same
+            classified events as the kit's own (see the events guide).
+
+    Raises:
+        ConfigurationError: ``app`` is already instrumented with other options, or an
+            observer is not an :class:`~celery_kit.Observer`.
     """
+    user_observers = tuple(observers)
+    for observer in user_observers:
+        if not isinstance(observer, Observer):
+            raise ConfigurationError(
+                f"instrument(observers=...) takes celery_kit.Observer instances, got {observer!r}; "
+                "subclass celery_kit.Observer and override the hooks you need."
+            )
+    options = {
+        "logging": logging,
+        "metrics": metrics,
+        "alerts": alerts,
+        "json_logs": json_logs,
+        "log_context": tuple(log_context),
+        "metrics_port": metrics_port,
+        "metrics_host": metrics_host,
+        "metrics_prefix": metrics_prefix,
+        "metrics_registry": metrics_registry,
+        "duration_buckets": tuple(duration_buckets),
+        "queue_wait_buckets": tuple(queue_wait_buckets),
+        "metrics_dir": metrics_dir,
+        "health": health,
+        "health_file": health_file,
+        "observers": user_observers,
+    }
     existing: Instrumentation | None = getattr(app, "_celery_kit_instrumentation", None)
     if existing is not None:
+        changed = sorted(
+            k for k, v in options.items() if k not in existing.options or existing.options[k] != v
+        )
+        if changed:
+            raise ConfigurationError(
+                f"app {app.main!r} is already instrumented, with other {', '.join(changed)}; "
+                "call instrument() once per app with the options it needs."
+            )
         return existing
     dispatcher = dispatcher_for(app)
     metrics_setup = None
@@ -136,6 +183,8 @@ def instrument(
             def on_result(sink: str, result: str) -> None:
                 setup.observer.metrics.alerts.labels(sink, result).inc()
 
+            # Each sink's delivery results exist at 0 from worker start, as the task series do.
+            setup.alert_sinks = tuple(sink.name for sink in alerting.sinks)
         alert_observer = kit_alerts.install(app, alerting, on_result=on_result)
         dispatcher.subscribe(alert_observer)
     health_setup = None
@@ -143,8 +192,12 @@ def instrument(
         from . import health as kit_health
 
         health_setup = kit_health.install(app, state_file=health_file or app.conf.get(HEALTH_FILE_SETTING))
+    for observer in user_observers:
+        dispatcher.subscribe(observer)
     _check_config_at_worker_start(app)
-    result = Instrumentation(app, logging, metrics_setup, alert_observer, health_setup)
+    result = Instrumentation(
+        app, logging, metrics_setup, alert_observer, health_setup, user_observers, options
+    )
     app._celery_kit_instrumentation = result
     return result
 

@@ -10,21 +10,29 @@ Two shapes are recognised:
   subclass. Callers may pass the model, a mapping, or the model's fields as keyword
   arguments. On the wire it travels as one positional JSON object, the shape a chain
   produces when it feeds the previous task's result into the next task.
-* **any other signature** -- every parameter is validated against its annotation
-  (``Any`` when unannotated) through one ``TypedDict`` adapter; ``*args`` and
-  ``**kwargs`` are validated against their item annotations. On the wire, arguments
-  travel by name, except positional-only ones.
+* **any other signature** -- arguments bind to parameters exactly as Python binds them,
+  and every *declared* parameter (annotated with anything but ``Any``) is validated
+  through one ``TypedDict`` adapter and dumped to JSON on the wire. Undeclared
+  parameters travel exactly as plain Celery sends them. Positional arguments stay
+  positional and keywords stay keywords, so ``Task.retry(args=, kwargs=)`` merges with
+  the request's arguments as it does in Celery.
+
+A signature that declares nothing validates nothing: such a task (an existing Celery
+task under ``task_cls="celery_kit:ValidatedTask"``) runs exactly as plain Celery runs it.
 """
 
 from __future__ import annotations
 
+import collections.abc
 import contextlib
 import inspect
 import json
+import logging
+import threading
 import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
 from pydantic_core import (
@@ -38,10 +46,36 @@ from typing_extensions import NotRequired, TypedDict
 
 from ._errors import ConfigurationError, PayloadTooLargeError, PayloadValidationError
 
-__all__ = ["BoundPayload", "PayloadSchema", "payload_validation_error"]
+logger = logging.getLogger("celery_kit")
 
-_PRIMITIVES = (str, int, float, bool, type(None))
+__all__ = ["ArgumentsError", "BoundPayload", "PayloadSchema", "dump_masked", "payload_validation_error"]
+
 _P = inspect.Parameter
+_JSON_SCALARS = (str, int, float, bool)
+_POSITIONAL = (_P.POSITIONAL_ONLY, _P.POSITIONAL_OR_KEYWORD)
+#: Error types that say the call's *shape* is wrong (what Python reports as ``TypeError``).
+_SHAPE_ERRORS = frozenset(
+    {
+        "missing",
+        "extra_forbidden",
+        "unexpected_positional_argument",
+        "unexpected_keyword_argument",
+        "multiple_argument_values",
+    }
+)
+
+
+class ArgumentsError(ValidationError, TypeError):
+    """Arguments that do not fit the task's parameters: missing, unknown or doubled ones.
+
+    Both a :class:`pydantic.ValidationError` (what celery_kit raises for a payload that
+    does not fit) and a :class:`TypeError` (what Python and Celery's own argument check
+    raise for a call of the wrong shape), so ``except TypeError`` handlers written for
+    plain Celery keep working.
+    """
+
+
+ArgumentsError.__module__ = "celery_kit"
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,9 +105,84 @@ def payload_validation_error(exc: ValidationError, task_name: str) -> PayloadVal
     return PayloadValidationError(message, errors, task_name)
 
 
-def _shape_error(title: str, kind: str, loc: tuple[int | str, ...], value: Any) -> ValidationError:
+def _shape_error(title: str, kind: str, loc: tuple[int | str, ...], value: Any) -> ArgumentsError:
     detail: InitErrorDetails = {"type": kind, "loc": loc, "input": value}
-    return ValidationError.from_exception_data(title, [detail])
+    return ArgumentsError.from_exception_data(title, [detail])
+
+
+def _as_arguments_error(exc: ValidationError) -> ValidationError:
+    """``exc`` as an :class:`ArgumentsError` when any of its errors is about the call's shape."""
+    if isinstance(exc, ArgumentsError):
+        return exc
+    errors = exc.errors()
+    if not any(error["type"] in _SHAPE_ERRORS for error in errors):
+        return exc
+    return ArgumentsError.from_exception_data(exc.title, cast("list[InitErrorDetails]", errors))
+
+
+def _declares(annotation: Any) -> bool:
+    """Whether an annotation asks for validation: anything but ``Any``, ``object``, a bare
+    type variable (or none)."""
+    return not (
+        annotation is Any or annotation is object or annotation is _P.empty or isinstance(annotation, TypeVar)
+    )
+
+
+#: Abstract iterables: pydantic validates them lazily, into a one-shot iterator.
+_LAZY_ORIGINS = frozenset({Iterable, Iterator, Generator, collections.abc.AsyncIterable})
+
+
+def _is_loose(annotation: Any) -> bool:
+    """Whether dumping a value of this type could change what the function receives.
+
+    ``dict``, ``list[Any]``, ``Optional[Any]``, ``Iterable[int]``: the annotation checks
+    the value's shape, but leaves (part of) its content undeclared, so the kit validates
+    it and then sends and hands on the caller's own value, as plain Celery does, for
+    kombu's serializer to encode (a ``date`` inside a ``dict`` stays a ``date``).
+    """
+    if not _declares(annotation):
+        return True
+    if isinstance(annotation, type):
+        return annotation in _BARE_CONTAINERS
+    origin = typing.get_origin(annotation)
+    if origin is typing.Annotated:
+        return _is_loose(typing.get_args(annotation)[0])
+    if origin is None:
+        return False
+    if origin in _LAZY_ORIGINS:
+        return True
+    return any(
+        _is_loose(arg)
+        for arg in typing.get_args(annotation)
+        if arg is not type(None) and arg is not Ellipsis and not isinstance(arg, list)
+    )
+
+
+_BARE_CONTAINERS = frozenset({dict, list, tuple, set, frozenset, Mapping, collections.abc.Sequence, Iterable})
+
+
+def _mentions_model(annotation: Any) -> bool:
+    """Whether values of this type may hold pydantic models (what a result dump converts)."""
+    if isinstance(annotation, type):
+        return issubclass(annotation, BaseModel)
+    return any(_mentions_model(arg) for arg in typing.get_args(annotation))
+
+
+def _dump_models(value: Any) -> Any:
+    """``value`` with every pydantic model in it (in lists, tuples, dicts) dumped to JSON data.
+
+    Nothing else is converted: a ``datetime`` result stays a ``datetime`` for kombu's
+    serializer, as in plain Celery.
+    """
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
+    if type(value) is list:
+        return [_dump_models(item) for item in value]
+    if type(value) is tuple:
+        return tuple(_dump_models(item) for item in value)
+    if type(value) is dict:
+        return {key: _dump_models(item) for key, item in value.items()}
+    return value
 
 
 def _mentions_secrets(adapter: TypeAdapter[Any]) -> bool:
@@ -98,57 +207,123 @@ def _reveal(value: Any) -> Any:
     return value
 
 
+def dump_masked(value: Any) -> Any:
+    """JSON-like data with pydantic secrets masked: for what people read (logs, headers, alerts)."""
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
+    try:
+        return to_jsonable_python(value)
+    except PydanticSerializationError:
+        return value
+
+
 class PayloadSchema:
     """Validator, wire encoder and result codec for one task function.
 
     Built from the function at task-class creation. Annotations are resolved with
     :func:`typing.get_type_hints`, so ``from __future__ import annotations`` works; a
     name that cannot be resolved yet (a model defined below the task) defers the build
-    to the first call instead of failing the import.
+    to the first call instead of failing the import. With ``validate=False`` (a task
+    whose function Celery's own ``pydantic=True`` already wraps) nothing is validated
+    or converted: the schema only names the arguments for cleanup hooks.
     """
 
-    def __init__(self, fun: Callable[..., Any], *, bound: bool, name: str | None = None) -> None:
+    def __init__(
+        self,
+        fun: Callable[..., Any],
+        *,
+        bound: bool,
+        name: str | None = None,
+        validate: bool = True,
+        lenient: bool = False,
+    ) -> None:
         self.fun = fun
         self.bound = bound
         self.name: str = name or str(getattr(fun, "__qualname__", repr(fun)))
+        self.title = f"{self.name} arguments"
+        self._validate = validate
+        #: A task written for plain Celery: an annotation the kit cannot validate (no
+        #: pydantic schema, a name that does not resolve) is left undeclared, with a
+        #: warning, instead of refusing the task.
+        self._lenient = lenient
+        #: The function's own signature, as ``task.run`` shows it to ``inspect``.
+        self.signature = inspect.signature(fun)
+        #: Whether anything is validated; until a deferred build, assume so (it annotates).
+        self.validates = validate
         self._built = False
+        self._build_lock = threading.Lock()
         with contextlib.suppress(NameError):  # resolved on first use; see _ensure_built
             self._build()
 
     # -- building ---------------------------------------------------------------------------
 
     def _ensure_built(self) -> None:
-        if not self._built:
+        if self._built:
+            return
+        with self._build_lock:
+            if self._built:
+                return
             try:
                 self._build()
             except NameError as exc:
-                raise ConfigurationError(
-                    f"cannot resolve the annotations of task function {self.name!r}: {exc}. "
-                    "Define or import every type its signature names at module level."
-                ) from exc
+                if not self._lenient:
+                    raise ConfigurationError(
+                        f"cannot resolve the annotations of task function {self.name!r}: {exc}. "
+                        "Define or import every type its signature names at module level."
+                    ) from exc
+                logger.warning(
+                    "task %s: its annotations do not resolve (%s); it is not validated. "
+                    "Import the types it names at module level to have it validated.",
+                    self.name,
+                    exc,
+                )
+                self._build(hints={})
 
-    def _build(self) -> None:
-        signature = inspect.signature(self.fun)
-        hints = typing.get_type_hints(self.fun, include_extras=True)
-        params = list(signature.parameters.values())
-        if self.bound:
-            if not params or params[0].kind not in (_P.POSITIONAL_ONLY, _P.POSITIONAL_OR_KEYWORD):
+    def _hints(self) -> dict[str, Any]:
+        if not self._validate:
+            return {}
+        return typing.get_type_hints(self.fun, include_extras=True)
+
+    def _usable(self, what: str, annotation: Any) -> bool:
+        """Whether pydantic can validate ``annotation``; a task for plain Celery may use
+        types it cannot (a client object, a protocol), which are then left undeclared."""
+        try:
+            TypeAdapter(annotation)
+        except Exception as exc:
+            if not self._lenient:
+                raise ConfigurationError(
+                    f"task {self.name!r}: pydantic cannot validate {what} ({annotation!r}): {exc}. "
+                    "Annotate it with a type pydantic supports, or with typing.Any."
+                ) from exc
+            logger.warning(
+                "task %s: %s (%r) has no pydantic schema; it is not validated.", self.name, what, annotation
+            )
+            return False
+        return True
+
+    def _build(self, hints: dict[str, Any] | None = None) -> None:
+        if hints is None:
+            hints = self._hints()
+        params = list(self.signature.parameters.values())
+        if self.bound and not (params and params[0].kind is _P.VAR_POSITIONAL):
+            if not params or params[0].kind not in _POSITIONAL:
                 raise ConfigurationError(
                     f"bound task {self.name!r} must take the task instance as its first "
                     "positional parameter (conventionally `self`)."
                 )
             params = params[1:]
         self.params = params
-        self.title = f"{self.name} arguments"
         self.return_adapter: TypeAdapter[Any] | None = None
-        if "return" in hints and hints["return"] is not type(None):
-            self.return_adapter = TypeAdapter(hints["return"])
+        returns = hints.get("return", Any)
+        self.result_has_models = _mentions_model(returns)
+        if returns is not type(None) and _declares(returns) and self._usable("its return type", returns):
+            self.return_adapter = TypeAdapter(returns)
 
         self.model: type[BaseModel] | None = None
-        if len(params) == 1 and params[0].kind in (
-            _P.POSITIONAL_ONLY,
-            _P.POSITIONAL_OR_KEYWORD,
-            _P.KEYWORD_ONLY,
+        if (
+            len(params) == 1
+            and params[0].kind is not _P.VAR_POSITIONAL
+            and params[0].kind is not _P.VAR_KEYWORD
         ):
             annotation = hints.get(params[0].name)
             if isinstance(annotation, type) and issubclass(annotation, BaseModel):
@@ -158,31 +333,82 @@ class PayloadSchema:
                 self.model_fields = frozenset(annotation.model_fields)
                 self.model_adapter: TypeAdapter[Any] = TypeAdapter(annotation)
                 self.has_secrets = _mentions_secrets(self.model_adapter)
+                self.validates = True
                 self._built = True
                 return
 
-        self.positional = [p.name for p in params if p.kind in (_P.POSITIONAL_ONLY, _P.POSITIONAL_OR_KEYWORD)]
+        self.positional = [p.name for p in params if p.kind in _POSITIONAL]
         self.positional_only = frozenset(p.name for p in params if p.kind is _P.POSITIONAL_ONLY)
-        self.n_positional_only = len(self.positional_only)
-        fields: dict[str, Any] = {}
-        self.varargs: TypeAdapter[Any] | None = None
-        self.varkw: TypeAdapter[Any] | None = None
+        annotations: dict[str, Any] = {}
         for p in params:
             annotation = hints.get(p.name, Any)
+            if p.default is None and _declares(annotation):
+                annotation = annotation | None  # ``x: int = None``: implicitly optional, as PEP 484 had it
+            annotations[p.name] = annotation
+        try:
+            self._compile(params, annotations)
+        except Exception:
+            # Some annotation has no pydantic schema (a client object, a protocol): find it.
+            for p in params:
+                if _declares(annotations[p.name]) and not self._usable(
+                    f"parameter {p.name!r}", annotations[p.name]
+                ):
+                    annotations[p.name] = Any
+            self._compile(params, annotations)
+        self._built = True
+
+    def _compile(self, params: list[inspect.Parameter], annotations: dict[str, Any]) -> None:
+        fields: dict[str, Any] = {}
+        undeclared: set[str] = set()
+        loose: set[str] = set()
+        self.varargs: TypeAdapter[Any] | None = None
+        self.varkw: TypeAdapter[Any] | None = None
+        self.varargs_declared = self.varkw_declared = False
+        self.varargs_loose = self.varkw_loose = False
+        self.has_varargs = self.has_varkw = False
+        for p in params:
+            annotation = annotations[p.name]
             if p.kind is _P.VAR_POSITIONAL:
+                self.has_varargs = True
+                self.varargs_declared = _declares(annotation)
+                self.varargs_loose = _is_loose(annotation)
                 self.varargs = TypeAdapter(tuple[annotation, ...])  # type: ignore[valid-type]
             elif p.kind is _P.VAR_KEYWORD:
+                self.has_varkw = True
+                self.varkw_declared = _declares(annotation)
+                self.varkw_loose = _is_loose(annotation)
                 self.varkw = TypeAdapter(dict[str, annotation])  # type: ignore[valid-type]
             else:
                 fields[p.name] = annotation if p.default is _P.empty else NotRequired[annotation]
-        self.argument_names = frozenset(fields)
+                if not _declares(annotation):
+                    undeclared.add(p.name)
+                elif _is_loose(annotation):
+                    loose.add(p.name)
         arguments = TypedDict(self.title, fields)  # type: ignore[misc]
         arguments.__pydantic_config__ = ConfigDict(extra="forbid")  # type: ignore[attr-defined]
         self.arguments: TypeAdapter[dict[str, Any]] = TypeAdapter(cast("type[dict[str, Any]]", arguments))
-        self.has_secrets = any(
+        self.argument_names = frozenset(fields)
+        #: Parameters whose caller's value travels and reaches the function untouched:
+        #: undeclared ones (not validated) and loose ones (validated, never converted).
+        self.passthrough = frozenset(undeclared | loose)
+        self.loose = frozenset(loose)
+        self.validates = bool(
+            self.argument_names - undeclared or self.varargs_declared or self.varkw_declared
+        )
+        self.has_secrets = self.validates and any(
             _mentions_secrets(adapter) for adapter in (self.arguments, self.varargs, self.varkw) if adapter
         )
-        self._built = True
+
+    def run_signature(self) -> inspect.Signature:
+        """The signature ``task.run`` shows to :func:`inspect.signature` (``self`` first).
+
+        Celery's ``Task.retry()`` binds the request's arguments to it; a wrapper that
+        showed ``(*args, **kwargs)`` would make it merge ``args=``/``kwargs=`` wrongly.
+        """
+        if self.bound:
+            return self.signature
+        task = _P("_celery_kit_task", _P.POSITIONAL_ONLY)
+        return self.signature.replace(parameters=[task, *self.signature.parameters.values()])
 
     # -- validation -------------------------------------------------------------------------
 
@@ -195,7 +421,8 @@ class PayloadSchema:
     ) -> tuple[tuple[Any, ...], dict[str, Any], Any]:
         """:meth:`validate` as a plain ``(args, kwargs, payload)`` tuple, for the task path.
 
-        Calls the compiled validators directly (``model_validate()`` and
+        The call keeps the shape it came in: positional arguments stay positional. Calls
+        the compiled validators directly (``model_validate()`` and
         ``TypeAdapter.validate_python()`` only forward to them).
         """
         if not self._built:
@@ -207,37 +434,43 @@ class PayloadSchema:
             if self.keyword_only:
                 return (), {self.param_name: value}, value
             return (value,), {}, value
+        if not self.validates:
+            return tuple(args), dict(kwargs), None
         data, extra_args, extra_kwargs = self._bind(args, kwargs)
-        validated = self.arguments.validator.validate_python(data)
-        if extra_args:
-            extra_args = self.varargs.validator.validate_python(extra_args)  # type: ignore[union-attr]
-        call_args = self._split(validated, extra_args)
-        if extra_kwargs:
-            validated_extra = self.varkw.validator.validate_python(extra_kwargs)  # type: ignore[union-attr]
-            call_kwargs = {**validated, **validated_extra}
-        else:
-            call_kwargs = validated
+        try:
+            validated = self.arguments.validator.validate_python(data)
+        except ValidationError as exc:
+            raise _as_arguments_error(exc) from None
+        for name in self.loose:  # checked, but the function gets the value as it came
+            if name in validated:
+                validated[name] = data[name]
+        if extra_args and self.varargs_declared:
+            checked = self.varargs.validator.validate_python(extra_args)  # type: ignore[union-attr]
+            extra_args = extra_args if self.varargs_loose else checked
+        if extra_kwargs and self.varkw_declared:
+            checked = self.varkw.validator.validate_python(extra_kwargs)  # type: ignore[union-attr]
+            extra_kwargs = extra_kwargs if self.varkw_loose else checked
+        call_args, call_kwargs = self._reshape(validated, len(args), extra_args, extra_kwargs)
         return call_args, call_kwargs, validated
 
     def to_wire(
         self, args: tuple[Any, ...] | list[Any] | None, kwargs: Mapping[str, Any] | None
     ) -> tuple[tuple[Any, ...], dict[str, Any]]:
-        """Validate, then dump to the plain-JSON form that goes on the wire.
+        """Validate, then dump declared values to the plain-JSON form that goes on the wire.
 
         Raises:
             pydantic.ValidationError: the payload does not fit, or cannot be dumped (bytes
-                that are not UTF-8 in a JSON field, say).
+                that are not UTF-8 in a JSON field, say); an :class:`ArgumentsError` (also
+                a ``TypeError``) when the call's shape is wrong.
         """
         try:
-            return self._to_wire(args, kwargs)
+            return self._to_wire(args or (), kwargs or {})
         except (PydanticSerializationError, UnicodeError) as exc:
             raise self.unencodable(exc) from None
 
     def _to_wire(
-        self, args: tuple[Any, ...] | list[Any] | None, kwargs: Mapping[str, Any] | None
+        self, args: tuple[Any, ...] | list[Any], kwargs: Mapping[str, Any]
     ) -> tuple[tuple[Any, ...], dict[str, Any]]:
-        args = args or ()
-        kwargs = kwargs or {}
         if not self._built:
             self._ensure_built()
         model = self.model
@@ -247,20 +480,34 @@ class PayloadSchema:
             if self.keyword_only:
                 return (), {self.param_name: dumped}
             return (dumped,), {}
+        if not self.validates:
+            return tuple(args), dict(kwargs)
         data, extra_args, extra_kwargs = self._bind(args, kwargs)
-        wire = self._dump(self.arguments, self.arguments.validator.validate_python(data))
-        if extra_args:
+        try:
+            validated = self.arguments.validator.validate_python(data)
+        except ValidationError as exc:
+            raise _as_arguments_error(exc) from None
+        wire = self._dump(self.arguments, validated, self.passthrough & validated.keys())
+        for name in self.passthrough:
+            if name in validated:
+                wire[name] = data[name]
+        if extra_args and self.varargs_declared:
             varargs = self.varargs
-            assert varargs is not None  # _bind refuses extra positionals without *args
-            extra_args = tuple(self._dump(varargs, varargs.validator.validate_python(extra_args)))
-        wire_args = self._split(wire, extra_args)
-        if extra_kwargs:
+            assert varargs is not None
+            checked = varargs.validator.validate_python(extra_args)
+            if not self.varargs_loose:
+                extra_args = tuple(self._dump(varargs, checked))
+        if extra_kwargs and self.varkw_declared:
             varkw = self.varkw
-            assert varkw is not None  # _bind keeps unknown keywords only with **kwargs
-            wire.update(self._dump(varkw, varkw.validator.validate_python(extra_kwargs)))
-        return wire_args, wire
+            assert varkw is not None
+            checked = varkw.validator.validate_python(extra_kwargs)
+            if not self.varkw_loose:
+                extra_kwargs = self._dump(varkw, checked)
+        return self._reshape(wire, len(args), extra_args, extra_kwargs)
 
-    def _dump(self, adapter: TypeAdapter[Any], value: Any) -> Any:
+    def _dump(
+        self, adapter: TypeAdapter[Any], value: Any, exclude: set[str] | frozenset[str] = frozenset()
+    ) -> Any:
         """JSON-ready data for the wire.
 
         Pydantic's JSON mode masks ``SecretStr``/``SecretBytes`` as ``'**********'``, which
@@ -268,24 +515,27 @@ class PayloadSchema:
         sends the real value (logs, results and stored errors still never show it).
         """
         # ``adapter.serializer.to_python`` is what ``adapter.dump_python`` forwards to.
+        skip = set(exclude) if exclude else None
         if not self.has_secrets:
-            return adapter.serializer.to_python(value, mode="json")
-        return to_jsonable_python(_reveal(adapter.serializer.to_python(value, mode="python")))
+            return adapter.serializer.to_python(value, mode="json", exclude=skip)
+        return to_jsonable_python(_reveal(adapter.serializer.to_python(value, mode="python", exclude=skip)))
 
     def check_size(self, wire_args: tuple[Any, ...], wire_kwargs: dict[str, Any], limit: int) -> None:
-        """Raise :class:`PayloadTooLargeError` when the JSON payload exceeds ``limit`` bytes.
+        """Raise :class:`PayloadTooLargeError` when the JSON payload exceeds ``limit`` bytes
+        (``0``: no cap; the payload must still be encodable, as the worker checks).
 
         Raises:
             pydantic.ValidationError: the payload cannot be encoded as JSON at all (a lone
                 surrogate in a string, say), which pydantic's validation lets through.
         """
-        if limit > 0:
-            try:
-                size = len(to_json((wire_args, wire_kwargs)))
-            except (PydanticSerializationError, UnicodeError) as exc:
-                raise self.unencodable(exc) from None
-            if size > limit:
-                raise PayloadTooLargeError(self.name, size, limit)
+        try:
+            size = len(to_json((wire_args, wire_kwargs)))
+        except (PydanticSerializationError, UnicodeError) as exc:
+            if not isinstance(exc, UnicodeError) and "surrogate" not in str(exc).lower():
+                return  # a type only the message serializer knows (kombu's); it decides
+            raise self.unencodable(exc) from None
+        if 0 < limit < size:
+            raise PayloadTooLargeError(self.name, size, limit)
 
     def unencodable(self, exc: Exception) -> ValidationError:
         """A caller-side ``ValidationError`` for a payload JSON cannot carry.
@@ -315,9 +565,115 @@ class PayloadSchema:
         from celery.utils.saferepr import saferepr
 
         call_args, call_kwargs, _ = self.validate_call(wire_args, wire_kwargs)
-        masked_args = [self.dump_result(value) for value in call_args]
-        masked_kwargs = {key: self.dump_result(value) for key, value in call_kwargs.items()}
+        masked_args = [dump_masked(value) for value in call_args]
+        masked_kwargs = {key: dump_masked(value) for key, value in call_kwargs.items()}
         return saferepr(masked_args, 1024), saferepr(masked_kwargs, 1024)
+
+    def check_shape(self, args: tuple[Any, ...] | list[Any], kwargs: Mapping[str, Any]) -> None:
+        """Raise :class:`ArgumentsError` unless the call binds to the parameters, as in Python.
+
+        What Celery's own argument check does for function tasks, for callers (a beat
+        schedule) that publish without going through ``apply_async``.
+        """
+        if not self._built:
+            self._ensure_built()
+        if self.model is not None:
+            self.validate_call(args, kwargs)
+            return
+        data, _, _ = self._bind(args, kwargs)
+        try:
+            self.arguments.validator.validate_python(data)
+        except ValidationError as exc:
+            shape = [e for e in exc.errors() if e["type"] in _SHAPE_ERRORS]
+            if shape:
+                raise ArgumentsError.from_exception_data(
+                    exc.title, cast("list[InitErrorDetails]", shape)
+                ) from None
+
+    def named(self, args: tuple[Any, ...] | list[Any], kwargs: Mapping[str, Any]) -> dict[str, Any]:
+        """The arguments by parameter name, unvalidated: what hooks of an undeclared task get."""
+        if not self._built:
+            self._ensure_built()
+        if self.model is not None:
+            return dict(kwargs)
+        try:
+            data, extra_args, extra_kwargs = self._bind(args, kwargs)
+        except ValidationError:
+            return dict(kwargs)
+        if extra_args:
+            data["*args"] = extra_args
+        return {**data, **extra_kwargs}
+
+    # -- canvas -----------------------------------------------------------------------------
+
+    def check_partial(
+        self,
+        args: tuple[Any, ...] | list[Any],
+        kwargs: Mapping[str, Any],
+        *,
+        prepended: int | None,
+        complete: bool,
+    ) -> None:
+        """Check a signature's arguments before it is published with others.
+
+        ``prepended`` is how many positional arguments the canvas will put in front of
+        ``args`` (a chain step gets the previous result: 1), or ``None`` when that is not
+        known yet (a signature just created): then any count that could make the call
+        fit is accepted. ``complete=False`` accepts missing arguments (keywords may still
+        be merged in). Raises the error of the most natural reading (nothing prepended)
+        when no reading fits.
+        """
+        if not self._built:
+            self._ensure_built()
+        if not self.validates:
+            return
+        if self.model is not None:
+            counts = [prepended] if prepended is not None else [0, 1]
+        else:
+            most = max(len(self.positional) - len(args), 0) + 1
+            counts = [prepended] if prepended is not None else list(range(most))
+        first: ValidationError | None = None
+        for count in counts:
+            error = self._partial_error(args, kwargs, count, complete)
+            if error is None:
+                return
+            first = first or error
+        assert first is not None
+        raise first
+
+    def _partial_error(
+        self, args: tuple[Any, ...] | list[Any], kwargs: Mapping[str, Any], count: int, complete: bool
+    ) -> ValidationError | None:
+        if self.model is not None:
+            if count:
+                if args or kwargs:
+                    return _shape_error(self.title, "unexpected_positional_argument", (0,), args or kwargs)
+                return None
+            try:
+                self.validate_call(args, kwargs)
+            except ValidationError as exc:
+                return _kept_errors(exc, complete, ())
+            return None
+        placeholder = ("<previous result>",) * count
+        try:
+            data, extra_args, extra_kwargs = self._bind((*placeholder, *args), kwargs)
+        except ValidationError as exc:
+            return exc
+        skipped = tuple(self.positional[:count])
+        for name in skipped:
+            data.pop(name, None)
+        extra_args = extra_args[max(0, count - len(self.positional)) :]  # placeholders in *args
+        try:
+            self.arguments.validator.validate_python(data)
+            if extra_args and self.varargs_declared:
+                self.varargs.validator.validate_python(extra_args)  # type: ignore[union-attr]
+            if extra_kwargs and self.varkw_declared:
+                self.varkw.validator.validate_python(extra_kwargs)  # type: ignore[union-attr]
+        except ValidationError as exc:
+            return _kept_errors(exc, complete, skipped)
+        return None
+
+    # -- binding ----------------------------------------------------------------------------
 
     def _single_input(self, args: tuple[Any, ...] | list[Any], kwargs: Mapping[str, Any]) -> Any:
         if args:
@@ -334,38 +690,45 @@ class PayloadSchema:
     def _bind(
         self, args: tuple[Any, ...] | list[Any], kwargs: Mapping[str, Any]
     ) -> tuple[dict[str, Any], tuple[Any, ...], dict[str, Any]]:
+        """Bind arguments to parameter names as Python does, or raise :class:`ArgumentsError`."""
         positional = self.positional
         n = len(positional)
-        if len(args) > n and self.varargs is None:
+        if len(args) > n and not self.has_varargs:
             raise _shape_error(self.title, "unexpected_positional_argument", (n,), args[n])
         data = dict(zip(positional, args, strict=False))
         extra_args = tuple(args[n:])
         extra_kwargs: dict[str, Any] = {}
         for key, value in kwargs.items():
-            if key in data:
-                raise _shape_error(self.title, "multiple_argument_values", (key,), value)
             if key in self.positional_only:
-                raise _shape_error(self.title, "unexpected_keyword_argument", (key,), value)
-            if self.varkw is not None and key not in self.argument_names:
+                # Python hands a keyword named like a positional-only parameter to **kwargs.
+                if not self.has_varkw:
+                    raise _shape_error(self.title, "unexpected_keyword_argument", (key,), value)
+                extra_kwargs[key] = value
+            elif key in data:
+                raise _shape_error(self.title, "multiple_argument_values", (key,), value)
+            elif self.has_varkw and key not in self.argument_names:
                 extra_kwargs[key] = value
             else:
                 data[key] = value
         return data, extra_args, extra_kwargs
 
-    def _split(self, data: dict[str, Any], extra_args: tuple[Any, ...] | list[Any]) -> tuple[Any, ...]:
-        """Pop the values that must be passed positionally out of ``data``."""
-        if extra_args:
-            names = self.positional
-        elif self.n_positional_only:
-            names = self.positional[: self.n_positional_only]
-        else:
-            return ()
-        taken = []
-        for name in names:
-            if name not in data:
-                break
-            taken.append(data.pop(name))
-        return (*taken, *extra_args)
+    def _reshape(
+        self,
+        values: dict[str, Any],
+        n_args: int,
+        extra_args: tuple[Any, ...] | list[Any],
+        extra_kwargs: dict[str, Any],
+    ) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        """Put values back in the shape the caller used: the first ``n_args`` positionally."""
+        if not n_args:
+            return (), ({**values, **extra_kwargs} if extra_kwargs else values)
+        names = self.positional[:n_args]
+        taken = frozenset(names)
+        call_args = (*(values[name] for name in names), *extra_args)
+        call_kwargs = {key: value for key, value in values.items() if key not in taken}
+        if extra_kwargs:
+            call_kwargs.update(extra_kwargs)
+        return call_args, call_kwargs
 
     # -- contract ---------------------------------------------------------------------------
 
@@ -374,9 +737,9 @@ class PayloadSchema:
 
         For a single-model task the payload schema is the model's: the one JSON object
         sent as the only positional argument. Otherwise it is an object of the
-        arguments by name, as they travel in ``kwargs`` (positional-only ones travel in
-        ``args``, in order); ``*args`` items are described
-        under ``x-celery-kit-varargs``. ``result`` is ``None`` for an unannotated task.
+        arguments by name (a caller may also send them positionally, in order);
+        ``*args`` items are described under ``x-celery-kit-varargs``. ``result`` is
+        ``None`` for an unannotated task.
         """
         self._ensure_built()
         if self.model is not None:
@@ -393,17 +756,23 @@ class PayloadSchema:
 
     # -- results ----------------------------------------------------------------------------
 
-    @staticmethod
-    def dump_result(value: Any) -> Any:
-        """Return value as plain JSON data: models are dumped with ``mode="json"``."""
-        if isinstance(value, _PRIMITIVES):
-            return value
+    def dumps_result(self, value: Any) -> bool:
+        """Whether :meth:`dump_result` may change ``value``: a model, or a container of them."""
+        if not self._validate or isinstance(value, _JSON_SCALARS):
+            return False  # Celery's pydantic=True wrapper dumps what it dumps
         if isinstance(value, BaseModel):
-            return value.model_dump(mode="json")
-        try:
-            return to_jsonable_python(value)
-        except PydanticSerializationError:
-            return value  # let the result serializer report what it cannot encode
+            return True
+        return self.result_has_models and isinstance(value, (list, tuple, dict))
+
+    def dump_result(self, value: Any) -> Any:
+        """The return value as it is stored: pydantic models dumped to JSON data.
+
+        Models -- returned, or in the list, tuple or dict the function returned -- are
+        dumped with ``model_dump(mode="json")``; nothing else is converted, so a result
+        travels as plain Celery stores it (a tuple stays a tuple, a ``datetime`` a
+        ``datetime`` through kombu's serializer, a returned signature a signature).
+        """
+        return _dump_models(value)
 
     def load_result(self, value: Any) -> Any:
         """Rebuild the typed return value (e.g. the result model) from stored JSON data."""
@@ -411,3 +780,21 @@ class PayloadSchema:
         if self.return_adapter is None:
             return value
         return self.return_adapter.validate_python(value)
+
+
+def _kept_errors(exc: ValidationError, complete: bool, skipped: tuple[str, ...]) -> ValidationError | None:
+    """The errors that still count for a partial signature, as one error (or ``None``)."""
+    if complete and not skipped:
+        return _as_arguments_error(exc)
+    kept = [
+        error
+        for error in exc.errors()
+        if not (
+            error["type"] == "missing" and (not complete or (error["loc"][:1] and error["loc"][0] in skipped))
+        )
+    ]
+    if not kept:
+        return None
+    return _as_arguments_error(
+        ValidationError.from_exception_data(exc.title, cast("list[InitErrorDetails]", kept))
+    )

@@ -15,6 +15,7 @@ Where each behaviour hooks into Celery, and why:
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 import math
@@ -26,15 +27,23 @@ from typing import Any, ClassVar, NoReturn, TypeVar, overload
 import celery
 from celery import shared_task, signals
 from celery.exceptions import Ignore, Reject, Retry, SoftTimeLimitExceeded
+from celery.utils.time import get_exponential_backoff_interval
 from pydantic import BaseModel, ValidationError
-from tenacity import wait_fixed
 
 from . import _bridge  # noqa: F401  -- tasks and instrument need the signal receivers
-from ._errors import ConfigurationError, PayloadTooLargeError, PayloadValidationError, PermanentError
+from ._canvas import check_canvas_options
+from ._errors import (
+    ChainPayloadError,
+    ConfigurationError,
+    PayloadTooLargeError,
+    PayloadValidationError,
+    PermanentError,
+)
 from ._events import Classification, EventType, FailureKind, TaskEvent, dispatcher_for, publishing_app
 from ._payload import PayloadSchema, payload_validation_error
 from ._pools import pool_name
 from ._retry import RetryPolicy
+from ._secret_values import mask_secret_values  # issue 15
 
 __all__ = [
     "DEFAULT_MAX_PAYLOAD_BYTES",
@@ -54,6 +63,8 @@ MAX_PAYLOAD_SETTING = "celery_kit_max_payload_bytes"
 DEFAULT_MAX_PAYLOAD_BYTES = 256 * 1024
 
 _CONTROL_FLOW = (Retry, Ignore, Reject)
+#: Refused for every ValidatedTask: decoding them runs code the producer chose.
+_CODE_EXECUTING_SERIALIZERS = frozenset({"pickle"})
 _warned_without_limits: set[str] = set()
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -64,9 +75,12 @@ def _wrap_run(fun: Callable[..., Any], bound: bool, schema: PayloadSchema) -> Ca
 
     This runs once per attempt, so everything that can be is looked up here, once; the
     request (a lookup through Celery's thread-local stack) is read only when needed.
+    ``inspect.signature(task.run)`` shows the function's own signature (Celery's
+    ``retry()`` binds arguments to it), not this wrapper's ``(*args, **kwargs)``.
     """
     validate = schema.validate_call
     dump_result = schema.dump_result
+    dumps = schema.dumps_result
 
     def run(self: ValidatedTask, *args: Any, **kwargs: Any) -> Any:
         try:
@@ -77,7 +91,7 @@ def _wrap_run(fun: Callable[..., Any], bound: bool, schema: PayloadSchema) -> Ca
                 raise
             self._reject_payload(exc, request)
         if self._keep_payload:
-            self.request._celery_kit_payload = payload
+            self.request._celery_kit_payload = payload if payload is not None else schema.named(args, kwargs)
         started = time.time()
         try:
             result = fun(self, *call_args, **call_kwargs) if bound else fun(*call_args, **call_kwargs)
@@ -87,25 +101,45 @@ def _wrap_run(fun: Callable[..., Any], bound: bool, schema: PayloadSchema) -> Ca
             request = self.request
             if request.called_directly:
                 raise
+            if payload is None:
+                payload = schema.named(args, kwargs)
             self._handle_failure(exc, request, payload, started)
+        if result is None or not dumps(result) or self.request.called_directly:
+            return result  # a direct call returns what the function returned, as in Celery
         return dump_result(result)
 
     run.__name__ = getattr(fun, "__name__", "run")
     run.__qualname__ = getattr(fun, "__qualname__", "run")
     run.__doc__ = fun.__doc__
     run.__module__ = fun.__module__
+    run.__signature__ = schema.run_signature()  # type: ignore[attr-defined]
     run._celery_kit_run = True  # type: ignore[attr-defined]
     return run
 
 
-def _chain_payload_error(exc: ValidationError, task_name: str) -> PayloadValidationError:
+def _chain_payload_error(exc: ValidationError, task_name: str) -> ChainPayloadError:
     error = payload_validation_error(exc, task_name)
-    error.message = (
+    message = (
         f"the previous task's result does not fit the signature of {task_name!r}, the next "
         f"step of its chain or its callback: {error.message}"
     )
-    error.args = (error.message, error.errors, task_name)
-    return error
+    return ChainPayloadError(message, error.errors, task_name)
+
+
+def _is_call(args: Any, kwargs: Any) -> bool:
+    """Whether arguments have the types Celery accepts; anything else is left to Celery's errors."""
+    return (args is None or isinstance(args, (list, tuple))) and (
+        kwargs is None or isinstance(kwargs, Mapping)
+    )
+
+
+def _handed_on_by_tracer(options: Mapping[str, Any]) -> bool:
+    """Whether Celery's tracer is publishing the next step of a chain or a callback.
+
+    It passes the finished task's ids; a retry (``signature_from_request``) passes them
+    too, but with ``retries``.
+    """
+    return "parent_id" in options and "root_id" in options and "retries" not in options
 
 
 def _hook_arity(hook: Callable[..., Any]) -> int:
@@ -146,6 +180,9 @@ class ValidatedTask(celery.Task):  # type: ignore[misc]
     payload_schema: ClassVar[PayloadSchema | None] = None
     _soft_timeout_hooks: ClassVar[list[tuple[Callable[..., Any], int]]] = []
     _payload_limit: ClassVar[int] = DEFAULT_MAX_PAYLOAD_BYTES
+    #: Registered through :func:`validated_task`: the kit's registration rules apply even
+    #: when the signature declares nothing (they would change a plain Celery task).
+    _celery_kit_decorated: ClassVar[bool] = False
 
     # -- class creation ---------------------------------------------------------------------
 
@@ -154,25 +191,20 @@ class ValidatedTask(celery.Task):  # type: ignore[misc]
         cls._soft_timeout_hooks = list(cls._soft_timeout_hooks)
         cls._keep_payload = bool(cls.log_payload or cls.alert_payload)
         namespace = cls.__dict__
-        # Celery 5.7 marks a pydantic=True task class; 5.5 and 5.6 wrap its function instead.
-        if namespace.get("_dump_pydantic_arguments") is not None or _wrapped_by_celery_pydantic(
-            namespace.get("run")
-        ):
-            raise ConfigurationError(
-                f"task {namespace.get('name')!r}: ValidatedTask already validates its payload "
-                "with pydantic; drop pydantic=True from the task options."
-            )
         policy = namespace.get("retry")
         if isinstance(policy, RetryPolicy):
             # ``retry=`` would shadow Task.retry(); keep the method, store the policy.
             del cls.retry
             cls.retry_policy = policy
-        if namespace.get("autoretry_for"):
-            cls.retry_policy = cls._policy_from_autoretry()
         policy = cls.retry_policy
-        if policy is not None and ("retry_policy" in namespace or "autoretry_for" in namespace):
+        if policy is not None and "retry_policy" in namespace:
+            if getattr(cls, "autoretry_for", None):
+                raise ConfigurationError(
+                    f"task {namespace.get('name')!r}: give either retry=RetryPolicy(...) or "
+                    "autoretry_for=..., not both."
+                )
             declared = namespace.get("max_retries", policy.max_retries)
-            if declared != policy.max_retries and "autoretry_for" not in namespace:
+            if declared != policy.max_retries:
                 raise ConfigurationError(
                     f"task {namespace.get('name')!r}: max_retries={declared!r} contradicts its "
                     f"RetryPolicy(max_retries={policy.max_retries!r}); set it on the policy only."
@@ -184,38 +216,36 @@ class ValidatedTask(celery.Task):  # type: ignore[misc]
             return
         fun, bound = (run.__func__, False) if isinstance(run, staticmethod) else (run, True)
         name = namespace.get("name") or getattr(fun, "__qualname__", cls.__name__)
-        cls.payload_schema = PayloadSchema(fun, bound=bound, name=name)
+        # Celery 5.7 marks a pydantic=True task class; 5.5 and 5.6 wrap its function. Its
+        # wrapper validates then, exactly as in plain Celery; the kit adds nothing to it.
+        celery_validates = namespace.get("_dump_pydantic_arguments") is not None or (
+            _wrapped_by_celery_pydantic(run)
+        )
+        cls.payload_schema = PayloadSchema(
+            fun, bound=bound, name=name, validate=not celery_validates, lenient=not cls._celery_kit_decorated
+        )
         cls.run = _wrap_run(fun, bound, cls.payload_schema)
         # Celery's add_autoretry_behaviour() wraps ``run`` unless ``_orig_run`` exists;
-        # retries are this class's job, so it must not.
+        # the kit's wrapper applies Celery's autoretry rules itself (_autoretry), so that
+        # it knows which attempt is final.
         cls._orig_run = cls.run
 
     @classmethod
-    def _policy_from_autoretry(cls) -> RetryPolicy:
-        namespace = cls.__dict__
-        if isinstance(namespace.get("retry_policy"), RetryPolicy) or isinstance(
-            namespace.get("retry"), RetryPolicy
-        ):
-            raise ConfigurationError(
-                f"task {namespace.get('name')!r}: give either retry=RetryPolicy(...) or "
-                "autoretry_for=..., not both."
-            )
-        backoff = getattr(cls, "retry_backoff", False)
-        return RetryPolicy(
-            retry_on=tuple(namespace["autoretry_for"]),
-            max_retries=cls.max_retries,
-            backoff=float(backoff) if backoff else 1.0,
-            max_backoff=float(getattr(cls, "retry_backoff_max", 600)),
-            jitter=bool(getattr(cls, "retry_jitter", True)),
-            wait=None if backoff else wait_fixed(cls.default_retry_delay),
-        )
+    def _kit_rules(cls) -> bool:
+        """Whether the kit's registration rules apply: a task written for the kit.
+
+        A task that declares no types and was not made with :func:`validated_task` (an
+        existing task under ``task_cls="celery_kit:ValidatedTask"``) keeps Celery's rules.
+        """
+        schema = cls.payload_schema
+        return schema is not None and (schema.validates or cls._celery_kit_decorated)
 
     @classmethod
     def on_bound(cls, app: celery.Celery) -> None:
         """Check time limits and read the payload cap once, when the task joins an app."""
         super().on_bound(app)
-        if cls.payload_schema is None:
-            return
+        if not cls._kit_rules():
+            return  # a task written for plain Celery keeps Celery's rules
         conf = app.conf
         cap = cls.max_payload_bytes
         if cap is None:
@@ -252,37 +282,71 @@ class ValidatedTask(celery.Task):  # type: ignore[misc]
     ) -> Any:
         """Validate and dump the payload, then publish; nothing is sent if it is invalid.
 
+        A call of the wrong shape raises :class:`~celery_kit.ArgumentsError`, both a
+        ``TypeError`` (as Celery's own argument check raises) and a
+        ``pydantic.ValidationError``; ``typing=False`` turns the caller's checks off, as in
+        Celery. A task that declares no types keeps Celery's own check and errors. The
+        steps a chain, chord or callback will run next are checked before anything is
+        published.
+
         Raises:
+            TypeError: ``args``/``kwargs`` are not a list or a mapping (Celery's error), or
+                the call does not fit the signature (an ``ArgumentsError``).
             pydantic.ValidationError: the payload does not fit the task's signature.
             PayloadTooLargeError: the JSON payload is above the cap.
             ConfigurationError: a serializer other than JSON was asked for.
         """
         schema = self.payload_schema
-        if schema is not None:
+        if schema is not None and _is_call(args, kwargs):
+            converts = schema.validates or self._celery_kit_decorated
             serializer = options.get("serializer") or self.serializer
-            if serializer != "json":
+            if serializer != "json" and (converts or serializer in _CODE_EXECUTING_SERIALIZERS):
                 raise ConfigurationError(
                     f"task {self.name!r} refuses serializer {serializer!r}: validated "
-                    "payloads travel as JSON only (pickle lets any producer run code on "
-                    "your workers). Use serializer='json' (task_serializer='json')."
+                    "payloads travel as JSON only, and pickle lets any producer run code on "
+                    "your workers. Use serializer='json' (task_serializer='json')."
                 )
-            try:
-                args, kwargs = schema.to_wire(args, kwargs)
-                schema.check_size(args, kwargs, self._payload_limit)
-                if schema.has_secrets and "argsrepr" not in options:
-                    options["argsrepr"], options["kwargsrepr"] = schema.masked_reprs(args, kwargs)
-            except (ValidationError, PayloadTooLargeError) as exc:
-                self._refused(exc)
-                if isinstance(exc, ValidationError) and "parent_id" in options and "root_id" in options:
-                    # Celery's tracer is dispatching a chain step or callback with the
-                    # previous task's result: fail that task with a readable error.
-                    raise _chain_payload_error(exc, self.name) from None
-                raise
+            if self.typing:
+                if converts:  # a wrong call's shape: ArgumentsError, a TypeError as in Celery
+                    args, kwargs = self._checked_wire(schema, args, kwargs, options)
+                if "parent_id" not in options:  # the caller, not Celery's tracer handing on
+                    try:
+                        check_canvas_options(options, link)
+                    except (ValidationError, PayloadTooLargeError) as exc:
+                        self._refused(exc)
+                        raise
+            elif converts:  # Celery's typing=False: the caller checks nothing; the worker still does
+                with contextlib.suppress(ValidationError, PayloadTooLargeError):
+                    args, kwargs = self._checked_wire(schema, args, kwargs, options)
         token = publishing_app.set(self._get_app())
         try:
             return super().apply_async(args, kwargs, task_id, producer, link, link_error, shadow, **options)
         finally:
             publishing_app.reset(token)
+
+    def _checked_wire(
+        self,
+        schema: PayloadSchema,
+        args: tuple[Any, ...] | list[Any] | None,
+        kwargs: Mapping[str, Any] | None,
+        options: dict[str, Any],
+    ) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        """The payload as it goes on the wire, size-checked, with masked reprs for secrets."""
+        try:
+            wire_args, wire_kwargs = schema.to_wire(args, kwargs)
+            schema.check_size(wire_args, wire_kwargs, self._payload_limit)
+            if schema.has_secrets and "argsrepr" not in options:
+                options["argsrepr"], options["kwargsrepr"] = schema.masked_reprs(wire_args, wire_kwargs)
+        except (ValidationError, PayloadTooLargeError) as exc:
+            if not self.typing:
+                raise
+            self._refused(exc)
+            if isinstance(exc, ValidationError) and _handed_on_by_tracer(options):
+                # Celery's tracer is dispatching a chain step or callback with the
+                # previous task's result: fail that task with a readable error.
+                raise _chain_payload_error(exc, self.name) from None
+            raise
+        return wire_args, wire_kwargs
 
     def apply(
         self,
@@ -291,15 +355,35 @@ class ValidatedTask(celery.Task):  # type: ignore[misc]
         *rest: Any,
         **options: Any,
     ) -> Any:
-        """Validate in the caller, then run locally (eagerly), like a worker would."""
-        schema = self.payload_schema
-        if schema is not None:
-            try:
-                args, kwargs, _ = schema.validate_call(args or (), kwargs or {})
-            except ValidationError as exc:
-                self._refused(exc)
-                raise
+        """Run locally (eagerly), exactly as a worker would: the payload is validated by the
+        task's ``run``, and an invalid one is the ``FAILURE`` of the returned result
+        (:class:`~celery_kit.PayloadValidationError`), raised where Celery raises eager
+        errors (``throw=True``, ``task_eager_propagates``)."""
         return super().apply(args, kwargs, *rest, **options)
+
+    def signature(self, args: Any = None, *starargs: Any, **starkwargs: Any) -> Any:
+        """Celery's signature, refused at once if no completion of it could ever fit.
+
+        ``.s()`` may still get arguments in front (a chain's previous result, a group's
+        partial arguments) and keywords merged in, so only what no completion can fix is
+        refused: a value of the wrong type wherever it lands, too many arguments. An
+        immutable ``.si()`` signature is complete and is checked whole.
+        """
+        sig = super().signature(args, *starargs, **starkwargs)
+        schema = self.payload_schema
+        if schema is not None and schema.validates and self.typing:
+            sig_args, sig_kwargs = sig.args, sig.kwargs
+            if _is_call(sig_args, sig_kwargs):
+                try:
+                    schema.check_partial(
+                        sig_args, sig_kwargs, prepended=0 if sig.immutable else None, complete=sig.immutable
+                    )
+                except ValidationError as exc:
+                    self._refused(exc)
+                    raise
+        return sig
+
+    subtask = signature
 
     def _refused(self, exc: Exception) -> None:
         """Tell observers the caller's payload was refused (nothing was published)."""
@@ -374,6 +458,7 @@ class ValidatedTask(celery.Task):  # type: ignore[misc]
         The classification is kept on the request; the signal bridge turns it into the
         one ``RETRYING`` or ``FAILED`` event observers see for this attempt.
         """
+        mask_secret_values(exc, payload)  # issue 15: before any copy of the error is made
         policy = self.retry_policy
         retriable = False
         timeout = None
@@ -390,6 +475,17 @@ class ValidatedTask(celery.Task):  # type: ignore[misc]
         else:
             kind, reason = FailureKind.PERMANENT, "not retriable"
 
+        if (
+            policy is None
+            and kind in (FailureKind.PERMANENT, FailureKind.TIMEOUT)
+            and reason != "permanent error"
+        ):
+            autoretry_for = tuple(getattr(self, "autoretry_for", None) or ())
+            if autoretry_for and isinstance(exc, autoretry_for):
+                dont = tuple(getattr(self, "dont_autoretry_for", None) or ())
+                if not (dont and isinstance(exc, dont)):
+                    self._autoretry(exc, request, FailureKind.TRANSIENT if timeout is None else kind, timeout)
+
         if retriable:
             assert policy is not None
             first_attempt = self._first_attempt(request, started)
@@ -405,6 +501,39 @@ class ValidatedTask(celery.Task):  # type: ignore[misc]
             reason = decision.reason if kind is FailureKind.TRANSIENT else f"{reason}, {decision.reason}"
         request._celery_kit_outcome = Classification(kind, True, reason, None, timeout)
         raise exc
+
+    def _autoretry(self, exc: Exception, request: Any, kind: FailureKind, timeout: str | None) -> NoReturn:
+        """Celery's ``autoretry_for`` rules, applied as ``add_autoretry_behaviour`` applies them.
+
+        Same options (``retry_kwargs``, ``retry_backoff``, ``retry_backoff_max``,
+        ``retry_jitter``, a ``self.retry(max_retries=...)`` override), same delays, same
+        count; the kit only learns which attempt is the last, to report it once.
+        """
+        retry_kwargs = dict(getattr(self, "retry_kwargs", None) or {})
+        backoff = float(getattr(self, "retry_backoff", False) or 0)
+        if backoff:
+            retry_kwargs["countdown"] = get_exponential_backoff_interval(
+                factor=int(max(1.0, backoff)),
+                retries=request.retries,
+                maximum=int(getattr(self, "retry_backoff_max", 600)),
+                full_jitter=getattr(self, "retry_jitter", True),
+            )
+        if hasattr(self, "override_max_retries"):
+            retry_kwargs["max_retries"] = getattr(self, "override_max_retries", self.max_retries)
+        countdown = retry_kwargs.get("countdown")
+        delay = float(countdown) if isinstance(countdown, (int, float)) else None
+        request._celery_kit_outcome = Classification(kind, False, "retriable error", delay, timeout)
+        try:
+            ret = self.retry(exc=exc, **retry_kwargs)
+        except Retry:
+            raise
+        except BaseException as error:
+            final = "retries exhausted" if error is exc else f"retry failed: {type(error).__name__}"
+            request._celery_kit_outcome = Classification(kind, True, final, None, timeout)
+            raise
+        if hasattr(self, "override_max_retries"):
+            delattr(self, "override_max_retries")
+        raise ret
 
     @staticmethod
     def _first_attempt(request: Any, started: float) -> float:
@@ -460,6 +589,8 @@ def validated_task(app: Any = None, **options: Any) -> Any:
     if policy is not None and not isinstance(policy, RetryPolicy):
         raise ConfigurationError(f"retry= takes a RetryPolicy, got {policy!r}.")
 
+    options["_celery_kit_decorated"] = True
+
     def decorator(fun: Callable[..., Any]) -> ValidatedTask:
         # At runtime this may be Celery's lazy proxy, which forwards to the task.
         register = shared_task if app is None else app.task
@@ -470,7 +601,16 @@ def validated_task(app: Any = None, **options: Any) -> Any:
 
 
 def _warn_time_limits_without_prefork(sender: Any = None, **_: Any) -> None:
-    """Time limits are enforced by the prefork pool only (gevent: the hard limit only)."""
+    """At worker start: resolve every deferred schema now (a name that does not resolve is
+    reported here, not at the first message); time limits are enforced by the prefork
+    pool only (gevent: the hard limit only)."""
+    for task in list(sender.app.tasks.values()):
+        schema = getattr(task, "payload_schema", None)
+        if isinstance(task, ValidatedTask) and schema is not None:
+            try:
+                schema._ensure_built()
+            except ConfigurationError as exc:
+                logger.error("%s", exc)
     pool = pool_name(sender)
     if pool == "prefork":
         return
@@ -478,7 +618,7 @@ def _warn_time_limits_without_prefork(sender: Any = None, **_: Any) -> None:
     conf = sender.app.conf
     limited = []
     for task in sender.app.tasks.values():
-        if isinstance(task, ValidatedTask) and task.payload_schema is not None:
+        if isinstance(task, ValidatedTask) and task._kit_rules():
             soft = task.soft_time_limit or conf.task_soft_time_limit
             hard = task.time_limit or conf.task_time_limit
             if soft or (hard and not soft_only):

@@ -8,12 +8,15 @@ runs with the app Celery loaded from ``-A``:
   ``--strict`` exits 1 when there is any, for CI.
 * ``celery -A proj kit schema [--task NAME ...]`` prints the JSON Schema of every
   validated task's payload and result, for contract tests between producers and workers
-  and for docs.
+  and for docs. Each is a standalone JSON Schema (``$schema`` names its draft); a result
+  declared ``-> None`` is ``{"type": "null"}``, an unannotated one ``{}`` (any JSON value).
+  Defaults and examples of secret fields are masked, by the same redactor as the config.
 """
 
 from __future__ import annotations
 
 import json
+import typing
 from collections.abc import Mapping
 from datetime import timedelta
 from enum import Enum
@@ -25,12 +28,15 @@ from kombu.entity import Exchange, Queue
 from pydantic.errors import PydanticInvalidForJsonSchema
 
 from ._errors import ConfigurationError
-from ._redact import redact
+from ._payload import PayloadSchema
+from ._redact import redact, redact_schema
 from ._task import ValidatedTask
 from .presets import ConfigWarning, check
 
 __all__ = ["jsonable", "kit"]
 
+#: The JSON Schema draft pydantic generates.
+JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 #: Keys Celery keeps in ``app.conf`` for itself, not settings.
 _INTERNAL_KEYS = frozenset({"deprecated_settings"})
 
@@ -82,6 +88,29 @@ def _warning_dict(warning: ConfigWarning) -> dict[str, str]:
     return {"code": warning.code.value, "message": warning.message, "fix": warning.fix}
 
 
+def _returns_none(fun: Any) -> bool:
+    """Whether the task function is annotated ``-> None`` (``-> Any`` and none: any value)."""
+    try:
+        return typing.get_type_hints(fun).get("return", Any) is type(None)
+    except Exception:  # unresolvable hints were reported when the payload schema was built
+        return getattr(fun, "__annotations__", {}).get("return") in (None, "None") and (
+            "return" in getattr(fun, "__annotations__", {})
+        )
+
+
+def _task_schema(payload_schema: PayloadSchema) -> dict[str, Any]:
+    """The task's payload and result as standalone JSON Schemas, secrets masked."""
+    described = payload_schema.json_schema()
+    result = described["result"]
+    if result is None:
+        # json_schema() says None for ``-> None``, ``-> Any`` and no annotation alike.
+        result = {"type": "null"} if _returns_none(payload_schema.fun) else {}
+    return {
+        part: {"$schema": JSON_SCHEMA_DIALECT, **redact_schema(schema)}
+        for part, schema in (("payload", described["payload"]), ("result", result))
+    }
+
+
 @click.group(name="kit")
 def kit() -> None:
     """celery_kit tools: the effective config and the payload schemas."""
@@ -126,9 +155,7 @@ def schema(ctx: click.Context, names: tuple[str, ...]) -> None:
     """Print the JSON Schema of every validated task's payload and result."""
     app = _app(ctx)
     tasks = {
-        task.name: task
-        for task in _user_tasks(app)
-        if isinstance(task, ValidatedTask) and task.payload_schema is not None
+        task.name: task for task in _user_tasks(app) if isinstance(task, ValidatedTask) and task._kit_rules()
     }
     missing = sorted(set(names) - set(tasks))
     if missing:
@@ -142,7 +169,7 @@ def schema(ctx: click.Context, names: tuple[str, ...]) -> None:
         payload_schema = tasks[name].payload_schema
         assert payload_schema is not None
         try:
-            document[name] = payload_schema.json_schema()
+            document[name] = _task_schema(payload_schema)
         except (ConfigurationError, PydanticInvalidForJsonSchema) as exc:
             failed.append(f"{name}: {exc}")
     click.echo(json.dumps({"tasks": document}, indent=2, sort_keys=True))

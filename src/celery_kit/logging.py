@@ -13,7 +13,9 @@
   chain keeps one ``correlation_id`` end to end.
 
 Payload values are never logged unless a task opts in with ``log_payload=True``; even
-then ``SecretStr``/``SecretBytes`` fields are masked.
+then secrets are masked by the kit's one redactor (``SecretStr``/``SecretBytes`` fields,
+fields named like a password, token or key, URL passwords), as in alerts and
+``celery kit config``.
 """
 
 from __future__ import annotations
@@ -31,14 +33,17 @@ from typing import IO, Any, TextIO, cast
 
 import structlog
 from celery import signals
+from celery.utils.log import LoggingProxy
 
 try:
     import orjson as _orjson
 except ImportError:  # not built for every interpreter (PyPy): the standard library's encoder
     _orjson = None  # type: ignore[assignment]
 
+from . import _worker_output
 from ._events import EventType, FailureKind, TaskEvent, request_value
-from ._payload import PayloadSchema
+from ._payload import dump_masked
+from ._redact import redact
 
 __all__ = [
     "CONTEXT_HEADER",
@@ -521,17 +526,42 @@ class LoggingObserver:
         if not getattr(event.task, "log_payload", False) or event.request is None:
             return None
         payload = request_value(event.request, "_celery_kit_payload")
-        return None if payload is None else PayloadSchema.dump_result(payload)
+        return None if payload is None else redact(dump_masked(payload))
 
 
 def _configure_worker_logging(
     loglevel: int | str | None = None, logfile: str | None = None, **_: Any
 ) -> None:
-    """Celery's ``setup_logging`` hook: with a receiver, Celery leaves logging to us."""
+    """Celery's ``setup_logging`` hook: with a receiver, Celery leaves logging to us.
+
+    Sent in worker and beat processes only; warnings and (in JSON mode) the banner and
+    ``print()`` output are routed into logging there too (:mod:`celery_kit._worker_output`).
+    """
     stream: IO[str] | None = None
     if logfile:
         stream = open(logfile, "a", encoding="utf-8", buffering=1)  # noqa: SIM115 -- lives with the process
-    configure_logging(json=_worker_json, level=loglevel or "INFO", stream=stream)
+    elif isinstance(sys.stderr, LoggingProxy):
+        # Standard error is already redirected into logging (worker_redirect_stdouts):
+        # writing log lines there would feed them back into logging.
+        stream = sys.__stderr__
+    json = _worker_json
+    if json is None:  # what configure_logging() picks: JSON unless the stream is a terminal
+        target = stream or sys.stderr
+        json = not (hasattr(target, "isatty") and target.isatty())
+    configure_logging(json=json, level=loglevel or "INFO", stream=stream)
+    _worker_output.install(json=json)
+
+
+def _configure_worker_logging_early(options: dict[str, Any] | None = None, **_: Any) -> None:
+    """Celery's ``celeryd_init`` hook: the same set-up, before the worker checks its privileges.
+
+    Celery warns there (running as root) before it sends ``setup_logging``; configured
+    now, that warning is a JSON line too. A ``--logfile`` (which Celery names per node)
+    waits for ``setup_logging``.
+    """
+    options = options or {}
+    if not options.get("logfile"):
+        _configure_worker_logging(loglevel=options.get("loglevel"))
 
 
 _worker_json: bool | None = None
@@ -549,4 +579,7 @@ def install(*, json: bool | None = None, context_keys: Iterable[str] = DEFAULT_P
     for name in ("celery.app.trace", "celery.worker.strategy"):
         std_logging.getLogger(name).setLevel(std_logging.WARNING)
     signals.setup_logging.connect(_configure_worker_logging, weak=False, dispatch_uid="celery_kit.logging")
+    signals.celeryd_init.connect(
+        _configure_worker_logging_early, weak=False, dispatch_uid="celery_kit.logging_early"
+    )
     signals.before_task_publish.connect(_inject_context, weak=False, dispatch_uid="celery_kit.log_context")

@@ -12,6 +12,17 @@ main process, which sums what every process -- dead ones included -- counted. Th
 and threads pools count in plain mode. Producers (a web app) count
 ``celery_task_published_total`` in their own registry.
 
+Every registered task's series exist from worker start, at 0 (Prometheus' advice for
+label values known in advance): ``increase()`` needs a sample before the first event, or
+the first hard timeout, invalid payload or final failure of a fresh worker is never seen.
+The worker's main process creates them, and each alert sink's delivery results, for every
+task routed to a queue it consumes, before its endpoint serves, in plain and in
+multiprocess mode alike. Two kinds of series cannot exist in advance:
+``celery_task_failures_total`` (its ``exception`` label is the class a task raises) and
+``celery_task_last_success_timestamp_seconds``, which has no sample until the task's first
+success -- a 0 would claim it last succeeded in 1970, and a restarted worker claim the same
+of a task that succeeded a minute before it.
+
 ``celery_worker_messages_rejected_total{reason}`` counts, in the worker's main process,
 the messages it discarded before any task saw them -- unknown task, undecodable body,
 refused content type, malformed message -- labelled only by the closed set of
@@ -229,6 +240,16 @@ class MetricsObserver:
                 self._children[key] = child
         return child
 
+    def precreate(self, task: str, raw_queue: str | None) -> None:
+        """Create ``task``'s series on ``raw_queue`` at 0: the counters, histograms and gauge
+        whose label values are known before any attempt (not ``failures``, whose exception
+        label is not, nor ``last_success``, which has no value before a success)."""
+        series = self._series(task, raw_queue)
+        m = self.metrics
+        self._child(m.validation_errors, task, series.queue, "worker")
+        for kind in _TIMEOUT_KINDS:
+            self._child(m.timeouts, task, series.queue, kind)
+
     def _series(self, task: str, raw_queue: str | None) -> _Series:
         """The per-(task, queue) children, resolved once: ``labels()`` costs a lock and a hash."""
         key = (task, raw_queue)
@@ -242,9 +263,10 @@ class MetricsObserver:
                 in_progress=m.in_progress.labels(task, queue),
                 queue_wait=m.queue_wait.labels(task, queue),
                 duration=m.duration.labels(task, queue),
-                last_success=m.last_success.labels(task, queue),
                 finished=finished,
                 succeeded=finished[EventType.SUCCEEDED],
+                task=task,
+                queue=queue,
             )
             if len(self._cache) < _MAX_CACHED:
                 self._cache[key] = series
@@ -279,7 +301,10 @@ class MetricsObserver:
         if event.duration is not None:
             series.duration.observe(event.duration)
         series.in_progress.dec()
-        series.last_success.set(time.time())
+        last_success = series.last_success
+        if last_success is None:  # created at the first success: never a sample of 0
+            last_success = series.last_success = self.metrics.last_success.labels(series.task, series.queue)
+        last_success.set(time.time())
 
     def _on_finished(self, event: TaskEvent) -> None:
         """Every other end of an attempt: retried, failed, rejected, ignored, revoked."""
@@ -317,15 +342,22 @@ _WORKER_LOST, _INVALID_PAYLOAD, _TIMEOUT = (
 )
 
 
-@dataclass(frozen=True, slots=True)
+_TIMEOUT_KINDS = ("soft", "hard")
+_ALERT_RESULTS = ("sent", "suppressed", "failed")
+
+
+@dataclass(slots=True)
 class _Series:
     started: Any
     in_progress: Any
     queue_wait: Any
     duration: Any
-    last_success: Any
     finished: dict[EventType, Any]
     succeeded: Any
+    task: str
+    queue: str
+    #: Created at the first success (see the module docstring).
+    last_success: Any = None
 
 
 # -- prefork: multiprocess mode -------------------------------------------------------------
@@ -365,16 +397,25 @@ class _MultiProcessCollector(Collector):
     one dead deletes its live-gauge files between the collector's listing and its reads.
     """
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, unset_at_zero: str = "") -> None:
         self.inner = MultiProcessCollector(None, path=path)  # type: ignore[no-untyped-call]
+        self.unset_at_zero = unset_at_zero
 
     def collect(self) -> Iterable[Any]:
         for _ in range(20):
             try:
-                return list(self.inner.collect())  # type: ignore[no-untyped-call]
+                return self._without_unset(list(self.inner.collect()))  # type: ignore[no-untyped-call]
             except (FileNotFoundError, struct.error):
                 time.sleep(0.005)
-        return list(self.inner.collect())  # type: ignore[no-untyped-call]
+        return self._without_unset(list(self.inner.collect()))  # type: ignore[no-untyped-call]
+
+    def _without_unset(self, families: list[Any]) -> list[Any]:
+        """Drop the 0 a pool process's file holds for a timestamp gauge between creating
+        the series and setting it (another process may read the file in between)."""
+        for family in families:
+            if family.name == self.unset_at_zero:
+                family.samples = [sample for sample in family.samples if sample.value != 0]
+        return families
 
 
 def _alive(pid: int) -> bool:
@@ -432,7 +473,10 @@ class MetricsServer(bootsteps.StartStopStep):  # type: ignore[misc]
 
     def start(self, worker: Any) -> None:
         setup = getattr(worker.app, "_celery_kit_metrics", None)
-        if setup is None or not setup.port:
+        if setup is None:
+            return
+        setup.precreate(worker)  # before the endpoint serves, whoever serves it
+        if not setup.port:
             return
         from prometheus_client import start_http_server
 
@@ -477,6 +521,8 @@ class MetricsSetup:
         self.queue_wait_buckets = queue_wait_buckets
         self.multiprocess_base = multiprocess_dir
         self.multiprocess_path: str | None = None
+        #: Names of the alert sinks whose delivery results are exported at 0 from worker start.
+        self.alert_sinks: tuple[str, ...] = ()
         self._observer: MetricsObserver | None = None
         self._lock = threading.Lock()
 
@@ -504,8 +550,23 @@ class MetricsSetup:
             return self.registry if self.registry is not None else REGISTRY
         registry = CollectorRegistry()
         registry.register(_DeadProcessSweeper(self.multiprocess_path))
-        registry.register(_MultiProcessCollector(self.multiprocess_path))
+        registry.register(
+            _MultiProcessCollector(
+                self.multiprocess_path, f"{self.prefix}_task_last_success_timestamp_seconds"
+            )
+        )
         return registry
+
+    def precreate(self, worker: Any) -> None:
+        """Every registered task's series at 0, on the queue it is routed to, if this
+        worker consumes that queue. In the main process: under prefork its own file holds
+        the zeros, which the exposition sums with what pool processes count."""
+        observer = self.observer
+        for task, queue in _routed_tasks(worker.app):
+            observer.precreate(task, queue)
+        for sink in self.alert_sinks:
+            for result in _ALERT_RESULTS:
+                observer.metrics.alerts.labels(sink, result)
 
     def on_worker_init(self, worker: Any) -> None:
         """Before the pool forks: multiprocess mode for prefork, plain mode otherwise."""
@@ -513,6 +574,43 @@ class MetricsSetup:
             self.multiprocess_path = prepare_multiprocess_dir(worker.hostname, self.multiprocess_base)
             self._observer = None
             self._create(None)  # the files are the registry; the main process sums them
+
+
+def _routed_tasks(app: Any) -> list[tuple[str, str]]:
+    """(task name, routing key) of each registered task routed to a queue the worker
+    consumes: the ``queue`` label its messages will carry. Celery's own tasks
+    (``celery.*``) are left out; a task whose router cannot route it without arguments
+    gets its series at its first attempt."""
+    queues = app.amqp.queues
+    consumed = set(queues.consume_from)
+    router = app.amqp.router
+    routed: list[tuple[str, str]] = []
+    for name in sorted(app.tasks):
+        if name.startswith("celery."):
+            continue
+        task = app.tasks[name]
+        options = {
+            key: getattr(task, key)
+            for key in ("queue", "exchange", "routing_key")
+            if getattr(task, key, None)
+        }
+        try:
+            route = router.route(options, name, args=(), kwargs={})
+        except Exception:  # a user's router that needs the arguments
+            logger.debug(
+                "celery_kit: %s has no route without arguments; its series start at its first attempt", name
+            )
+            continue
+        queue = route.get("queue")
+        name_of_queue = getattr(queue, "name", None)
+        if not isinstance(name_of_queue, str) or name_of_queue not in consumed:
+            continue
+        exchange_type = getattr(getattr(queue, "exchange", None), "type", "direct") or "direct"
+        if exchange_type == "direct" and not (route.get("exchange") and route.get("routing_key")):
+            routed.append((name, name_of_queue))  # Celery publishes to the queue by name
+        else:
+            routed.append((name, str(route.get("routing_key") or queue.routing_key or name_of_queue)))
+    return routed
 
 
 _metrics_cache: dict[tuple[int, str], TaskMetrics] = {}

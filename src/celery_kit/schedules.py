@@ -158,6 +158,7 @@ def periodic(
                 args, kwargs = schema.to_wire((payload,), None)
             else:
                 args, kwargs = schema.to_wire(None, payload)
+            schema.check_shape(args, kwargs)
             schema.check_size(args, kwargs, int(getattr(task, "_payload_limit", 0) or 0))
     except ValidationError as exc:
         raise ConfigurationError(

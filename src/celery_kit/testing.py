@@ -48,6 +48,10 @@ class WorkerStartError(RuntimeError):
 class WorkerProcess:
     """A ``celery worker`` subprocess, usable as a context manager.
 
+    Its output goes to a temporary file (:meth:`log`). Used as a context manager, the
+    worker is stopped and the file removed when the block ends: read :meth:`log` inside
+    the block. Started with :meth:`start`, call :meth:`stop` and :meth:`remove_log`.
+
     Args:
         app: the ``-A`` argument (``"myproj.celery_app"`` or ``"myproj.celery_app:app"``).
         queues: queues to consume (``-Q``); by default the app's own (``task_default_queue``
@@ -117,6 +121,11 @@ class WorkerProcess:
             raise RuntimeError("worker not started")
         return self.process.pid
 
+    @property
+    def log_path(self) -> Path:
+        """The temporary file the worker's stdout and stderr go to."""
+        return self._log_file
+
     def log(self) -> str:
         """Everything the worker wrote to stdout and stderr so far."""
         return self._log_file.read_text(errors="replace")
@@ -157,7 +166,11 @@ class WorkerProcess:
         self._log_file.unlink(missing_ok=True)
 
     def __enter__(self) -> WorkerProcess:
-        return self.start()
+        try:
+            return self.start()
+        except BaseException:  # the error carries the log's tail
+            self.remove_log()
+            raise
 
     def __exit__(
         self,
@@ -165,7 +178,10 @@ class WorkerProcess:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self.stop()
+        try:
+            self.stop()
+        finally:
+            self.remove_log()
 
 
 # -- pytest plugin -------------------------------------------------------------------------------

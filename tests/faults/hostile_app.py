@@ -84,6 +84,15 @@ def build_app(
         state.incr(f"{prefix}:runs:locked:{account.user}")
         raise PermissionError(f"account {account.user} is locked")
 
+    @validated_task(app, shared=False, name="hostile.leaky", alert_payload=True)
+    def leaky(account: Account) -> None:
+        """Careless task code: pastes the secret into its error (issue 15)."""
+        state.incr(f"{prefix}:runs:leaky:{account.user}")
+        try:
+            raise KeyError(f"no session for {account.api_key.get_secret_value()}")
+        except KeyError as exc:
+            raise ValueError(f"bad token {account.api_key.get_secret_value()}") from exc
+
     return app
 
 

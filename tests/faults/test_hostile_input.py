@@ -6,12 +6,19 @@
 * **Worker** (a real prefork worker, concurrency 2, the ``reliable`` preset's late acks,
   on Redis and on RabbitMQ): raw messages published around the kit with kombu -- bad
   JSON, refused content types, pickle, an unknown task, missing headers, malformed
-  bodies, an oversize body, args instead of kwargs. After each one the worker is alive
-  and runs a good task, the message is settled exactly once (the queue is empty, no
-  unacknowledged copy is left, nothing comes back after a wait), the task body never
-  ran and was attempted at most once, a log line names the problem and a metric counts it.
+  bodies, headers Celery parses unchecked (``timelimit``, ``eta``, ``expires``,
+  ``retries``...), depth-5000 nesting, a body above the payload cap, args instead of kwargs. After
+  each one the worker is alive and runs a good task, the message is settled exactly once
+  (the queue is empty, no unacknowledged copy is left, nothing comes back after a wait),
+  the task body never ran and was attempted at most once, a log line names the problem
+  (and does not contain the body) and a metric counts it; a refused message with a task
+  id has a ``FAILURE`` result holding a ``MessageRejectedError``.
+* **Generated envelopes** (Hypothesis, the same worker): header names, value types and
+  sizes, content types and body shapes; the worker stays up and runs the next message,
+  no body runs twice or for a refused message, every refused task id has its FAILURE.
 * **Secrets**: ``SecretStr`` values appear in none of the worker's logs, the alerts, the
-  metrics, the result backend or ``celery kit config``; pickle is refused end to end.
+  metrics, the result backend or ``celery kit config``, even when task code pastes one
+  into its exception; pickle is refused end to end.
 """
 
 from __future__ import annotations
@@ -33,13 +40,14 @@ from typing import Annotated, Any
 import pytest
 import redis
 from celery import Celery
-from hypothesis import HealthCheck, event, given, settings
+from hypothesis import HealthCheck, event, given, reject, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
 from celery_kit import (
     ConfigurationError,
     EventType,
+    MessageRejectedError,
     PayloadTooLargeError,
     TaskEvent,
     ValidatedTask,
@@ -461,6 +469,103 @@ CASES = [
         "invalid_message",
         "kwargs (body[1]) must be an object",
     ),
+    # Headers Celery 5.7 parses before any task runs, unchecked (issue 15): each of these
+    # crashed or misled the worker before the guard checked it.
+    Case(
+        "timelimit-not-numbers",
+        lambda key, _: RawMessage(body(kwargs={"key": key}), task_headers(timelimit=["abc", "xyz"])),
+        "invalid_message",
+        "'timelimit' header",
+    ),
+    Case(
+        "timelimit-numeric-strings",
+        lambda key, _: RawMessage(body(kwargs={"key": key}), task_headers(timelimit=["10", "5"])),
+        "invalid_message",
+        "'timelimit' header",
+    ),
+    Case(
+        "timelimit-three-items",
+        lambda key, _: RawMessage(body(kwargs={"key": key}), task_headers(timelimit=[1, 2, 3])),
+        "invalid_message",
+        "'timelimit' header",
+    ),
+    Case(
+        "eta-empty",
+        lambda key, _: RawMessage(body(kwargs={"key": key}), task_headers(eta="")),
+        "invalid_message",
+        "'eta' header",
+    ),
+    Case(
+        "eta-not-a-date",
+        lambda key, _: RawMessage(body(kwargs={"key": key}), task_headers(eta="tomorrow")),
+        "invalid_message",
+        "'eta' header",
+    ),
+    Case(
+        "eta-out-of-range",
+        lambda key, _: RawMessage(body(kwargs={"key": key}), task_headers(eta="9999-12-31T23:59:59-23:00")),
+        "invalid_message",
+        "'eta' header",
+    ),
+    Case(
+        "expires-a-number",
+        lambda key, _: RawMessage(body(kwargs={"key": key}), task_headers(expires=12)),
+        "invalid_message",
+        "'expires' header",
+    ),
+    Case(
+        "retries-not-a-number",
+        lambda key, _: RawMessage(body(kwargs={"key": key}), task_headers(retries="abc")),
+        "invalid_message",
+        "'retries' header",
+    ),
+    Case(
+        "ignore-result-a-string",
+        lambda key, _: RawMessage(body(kwargs={"key": key}), task_headers(ignore_result="no")),
+        "invalid_message",
+        "'ignore_result' header",
+    ),
+    Case(
+        "root-id-a-list",
+        lambda key, _: RawMessage(body(kwargs={"key": key}), task_headers(root_id=["x"])),
+        "invalid_message",
+        "'root_id' header",
+    ),
+    Case(
+        "stamped-headers-not-names",
+        lambda key, _: RawMessage(body(kwargs={"key": key}), task_headers(stamped_headers=[{}], stamps={})),
+        "invalid_message",
+        "'stamped_headers' header",
+    ),
+    Case(
+        "errbacks-not-signatures",
+        lambda key, _: RawMessage(
+            body(kwargs={"key": key}, embed={"errbacks": ["hostile.count"]}), task_headers()
+        ),
+        "invalid_message",
+        "'errbacks'",
+    ),
+    Case(
+        "kit-attribute-header",
+        lambda key, _: RawMessage(body(kwargs={"key": key}), task_headers(_celery_kit_outcome="x")),
+        "invalid_message",
+        "celery_kit",
+    ),
+    Case(
+        "argsrepr-oversize",
+        lambda key, _: RawMessage(body(kwargs={"key": key}), task_headers(argsrepr="x" * 70_000)),
+        "invalid_message",
+        "'argsrepr' header",
+    ),
+    Case(
+        "depth-5000-nesting",
+        lambda key, _: RawMessage(
+            b'[[], {"key": "' + key.encode() + b'", "note": ' + b"[" * 5000 + b"]" * 5000 + b"}, {}]",
+            task_headers(),
+        ),
+        "decode_error",
+        "DecodeError",
+    ),
     Case(
         "args-instead-of-kwargs",
         lambda key, _: RawMessage(body(args=[{"key": key, "note": "x"}]), task_headers()),
@@ -468,10 +573,10 @@ CASES = [
         "key",
     ),
     Case(
-        "oversize-body",
+        "oversize-body",  # above the cap: refused before any task runs, as the caller refuses it
         lambda key, _: RawMessage(body(kwargs={"key": key, "note": "x" * 1_000_000}), task_headers()),
-        None,
-        "note",
+        "invalid_message",
+        "-byte cap",
     ),
 ]
 
@@ -593,7 +698,7 @@ def test_a_raw_message_is_settled_once_logged_and_counted_and_the_worker_carries
     # The worker is up and still works.
     assert hostile.worker.process is not None
     assert hostile.worker.process.poll() is None, hostile.worker.log()[-3000:]
-    good = hostile.app.tasks["hostile.count"].delay(key=f"good-{key}")
+    good = hostile.app.tasks["hostile.count"].delay(key=f"good-{uuid.uuid4().hex}")
     assert good.get(timeout=TIMEOUT) == 1
 
     # Settled exactly once: nothing waiting, nothing held, nothing coming back.
@@ -622,10 +727,17 @@ def test_a_raw_message_is_settled_once_logged_and_counted_and_the_worker_carries
 
     if case.name == "pickle-content-type":
         assert not (tmp_path / "pwned").exists(), "the worker unpickled a message"
-    if case.name == "unknown-task-name":
-        assert task_id is not None
-        # Celery tells the producer through the result backend, too.
-        assert hostile.app.AsyncResult(task_id).state == "FAILURE"
+    if case.reason is not None and task_id is not None:
+        # The caller learns at once why its task never ran: a typed FAILURE result.
+        result = hostile.app.AsyncResult(task_id)
+        with pytest.raises(MessageRejectedError) as refused:
+            result.get(timeout=TIMEOUT)
+        assert result.state == "FAILURE"
+        assert refused.value.reason == case.reason
+        assert refused.value.task_name == message.headers["task"]
+        assert "fix the producer" in str(refused.value)
+    # Celery's own lines for refused messages used to dump the body (issue 15).
+    assert key not in hostile.worker.log()[log_from:]
 
 
 # -- secrets -------------------------------------------------------------------------------------
@@ -701,19 +813,22 @@ def test_secret_values_appear_in_no_log_alert_metric_result_or_config(
     try:
         ok = app.tasks["hostile.login"].delay(user="ann", api_key=secret)
         failing = app.tasks["hostile.locked"].delay(user="bob", api_key=secret)
+        leaky = app.tasks["hostile.leaky"].delay(user="cy", api_key=secret)
         # Around the caller: an invalid payload that carries the secret to the worker.
         invalid = app.send_task("hostile.login", kwargs={"user": ["not", "a", "name"], "api_key": secret})
         assert ok.get(timeout=TIMEOUT) == {"user": "ann", "token": "**********"}
-        for result in (failing, invalid):
+        for result in (failing, invalid, leaky):
             result.get(timeout=TIMEOUT, propagate=False)
             assert result.state == "FAILURE"
         alerts = captured_alerts.wait_for(
-            lambda a: {x.task_name for x in a} >= {"hostile.locked", "hostile.login"}, timeout=TIMEOUT
+            lambda a: {x.task_name for x in a} >= {"hostile.locked", "hostile.login", "hostile.leaky"},
+            timeout=TIMEOUT,
         )
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
             metrics_text = response.read().decode()
-        results = [state.get(f"celery-task-meta-{r.id}") or b"" for r in (ok, failing, invalid)]
+        results = [state.get(f"celery-task-meta-{r.id}") or b"" for r in (ok, failing, invalid, leaky)]
         wait_until(lambda: "task payload invalid" in worker.log(), what="the invalid payload's log line")
+        wait_until(lambda: "bad token" in worker.log(), what="Celery's and the kit's failure lines")
         log = worker.log()
         config_text = _kit_config(secret)
         config_json = _kit_config(secret, "--json", "--all")
@@ -732,6 +847,14 @@ def test_secret_values_appear_in_no_log_alert_metric_result_or_config(
     assert 'task="hostile.login"' in metrics_text
     assert all(results)
     assert b"PayloadValidationError" in results[2]
+    # The secret the task pasted into its error is masked in every copy (issue 15): the
+    # stored exception and traceback, the alert, the kit's and Celery's log lines.
+    assert isinstance(leaky.result, ValueError)
+    assert str(leaky.result) == "bad token **********"
+    assert b"no session for **********" in results[3]  # the chained cause, in the traceback
+    leaked = next(a for a in alerts if a.task_name == "hostile.leaky")
+    assert leaked.exception_message == "bad token **********"
+    assert any(line.get("exception_message") == "bad token **********" for line in lines)
     assert "broker_url" in config_text
     assert "********" in config_text
     assert '"broker_url"' in config_json
@@ -745,3 +868,159 @@ def test_secret_values_appear_in_no_log_alert_metric_result_or_config(
         assert secret.encode() not in value
     assert secret not in config_text
     assert secret not in config_json
+
+
+# -- generated envelopes: Hypothesis against the same real worker --------------------------------
+
+#: Every header Celery's worker reads, plus the embed keys it also takes from headers.
+CELERY_HEADERS = (
+    "task", "id", "shadow", "eta", "expires", "group", "group_index", "retries", "timelimit",
+    "root_id", "parent_id", "argsrepr", "kwargsrepr", "origin", "ignore_result",
+    "replaced_task_nesting", "stamped_headers", "stamps", "headers", "callbacks", "errbacks",
+    "chain", "chord", "lang", "countdown", "priority", "delivery_info", "reply_to",
+    "correlation_id", "is_eager", "_celery_kit_outcome", "celery_kit_first_attempt",
+    "celery_kit_published_at", "celery_kit_context",
+)  # fmt: skip
+#: AMQP tables carry signed 64-bit integers: stay inside, so every envelope can be published.
+header_ints = st.integers(-(2**62), 2**62)
+header_scalars = (
+    st.none()
+    | st.booleans()
+    | header_ints
+    | st.floats()
+    | st.text(max_size=30)
+    | st.sampled_from(["", "2020-01-01T00:00:00", "2020-01-01T00:00:00+00:00", "9999-12-31T23:59:59-23:00"])
+    | st.integers(1_000, 70_000).map(lambda n: "h" * n)  # oversized
+)
+header_values = st.recursive(
+    header_scalars,
+    lambda children: (
+        st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=8), children, max_size=3)
+    ),
+    max_leaves=8,
+) | st.tuples(header_scalars, header_scalars).map(list)  # two-item lists: timelimit's shape
+header_changes = st.dictionaries(
+    st.sampled_from(CELERY_HEADERS) | st.text(min_size=1, max_size=20), header_values, max_size=4
+)
+CONTENT_TYPES = st.sampled_from(
+    [
+        ("application/json", "utf-8"),
+        ("application/json", "utf-8"),
+        ("application/json", "utf-8"),
+        ("application/x-python-serialize", "binary"),
+        ("application/x-yaml", "utf-8"),
+        ("application/x-msgpack", "binary"),
+        ("application/data", "binary"),
+        ("text/plain", "utf-8"),
+    ]
+)
+
+
+def _shaped_body(key: str, shape: str, filler: Any, depth: int) -> bytes:
+    kwargs: dict[str, Any] = {"key": key}
+    if shape == "valid":
+        return body(kwargs=kwargs)
+    if shape == "embed":
+        return json.dumps([[], kwargs, filler]).encode()
+    if shape == "args":
+        return json.dumps([filler, kwargs, {}]).encode()
+    if shape == "junk":
+        return json.dumps(filler).encode()
+    if shape == "deep":
+        return b'[[], {"key": "' + key.encode() + b'", "note": ' + b"[" * depth + b"]" * depth + b"}, {}]"
+    if shape == "bytes":
+        return os.urandom(depth % 64)
+    return body(kwargs={**kwargs, "note": "n" * depth * 40})  # "huge": above the note's max_length
+
+
+@dataclass(frozen=True)
+class Envelope:
+    message: RawMessage
+    key: str
+
+
+@st.composite
+def envelopes(draw: st.DrawFn) -> Envelope:
+    key = f"gen-{uuid.uuid4().hex}"
+    count = st.just("hostile.count")
+    task = draw(st.one_of(count, count, count, st.just("hostile.unknown"), st.text(max_size=12)))
+    headers = task_headers(task)
+    headers.update(draw(header_changes))
+    for name in draw(st.lists(st.sampled_from(["id", "task", "root_id", "timelimit"]), max_size=2)):
+        headers.pop(name, None)
+    shape = draw(st.sampled_from(["valid", "valid", "embed", "args", "junk", "deep", "bytes", "huge"]))
+    filler = draw(header_values)
+    depth = draw(st.sampled_from([3, 50, 500, 5000]))
+    content_type, encoding = draw(CONTENT_TYPES)
+    raw = _shaped_body(key, shape, filler, depth)
+    event(f"shape={shape} content_type={content_type}")
+    return Envelope(RawMessage(raw, headers, content_type, encoding), key)
+
+
+READY = frozenset({"SUCCESS", "FAILURE", "REVOKED"})
+
+
+def _not_finite(value: Any) -> bool:
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    if isinstance(value, dict):
+        return any(_not_finite(item) for item in value.values())
+    if isinstance(value, list):
+        return any(_not_finite(item) for item in value)
+    return False
+
+
+@pytest.mark.integration
+@settings(
+    max_examples=50,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.large_base_example],
+)
+@given(envelope=envelopes())
+def test_no_generated_envelope_stops_the_worker_or_leaves_its_caller_waiting(
+    hostile: HostileWorker, envelope: Envelope
+) -> None:
+    """Whatever the envelope: the worker stays up and runs the next good message; the body
+    runs at most once, and never for a refused message; a refused message naming a task
+    id gets a FAILURE result with a MessageRejectedError (issue 15)."""
+    message = envelope.message
+    if hostile.broker.startswith("amqp") and (
+        _not_finite(message.headers) or len(json.dumps(message.headers, default=str)) > 100_000
+    ):
+        # Unpublishable: RabbitMQ refuses NaN and infinities in headers (INTERNAL_ERROR), and
+        # headers above its frame size (128 KiB) -- no worker ever sees such a message.
+        reject()
+    raw_id = message.headers.get("id")
+    task_id = raw_id if isinstance(raw_id, str) and 0 < len(raw_id) <= 1024 else None
+    rejected_before = hostile.metric(REJECTED)
+    hostile.publish(message)
+
+    # The worker is up and still works: the next good message runs.
+    good = hostile.app.tasks["hostile.count"].delay(key=f"good-{uuid.uuid4().hex}")
+    assert good.get(timeout=TIMEOUT) == 1, hostile.worker.log()[-3000:]
+    assert hostile.worker.process is not None
+    assert hostile.worker.process.poll() is None, hostile.worker.log()[-3000:]
+
+    result = hostile.app.AsyncResult(task_id) if task_id is not None else None
+
+    def settled() -> bool:
+        if result is None:  # no usable id: refused, or run and counted by its key
+            return hostile.metric(REJECTED) > rejected_before or hostile.count("runs", envelope.key) > 0
+        return result.state in READY or hostile.count("attempts", result.id) > 0
+
+    wait_until(settled, what=f"the message {message.headers!r:.300} to be refused or run")
+    runs = hostile.count("runs", envelope.key)
+    assert runs <= 1, "the body ran twice"
+    if result is None:
+        return
+    attempts = hostile.count("attempts", result.id)
+    assert attempts <= 1, "the message was delivered twice"
+    if attempts == 0 and result.state != "REVOKED":  # refused before any task ran
+        wait_until(lambda: result.state == "FAILURE", what="the refusal's FAILURE result")
+        assert isinstance(result.result, MessageRejectedError), result.result
+        assert runs == 0
+        event(f"refused: {result.result.reason}")
+    elif isinstance(result.result, MessageRejectedError):
+        raise AssertionError(f"a message both refused and attempted: {result.result}")
+    else:
+        event(f"accepted: {result.state}")

@@ -7,6 +7,7 @@ or finished but not yet acknowledged -- on the process that the fault hit.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
@@ -22,11 +23,33 @@ CONCURRENCY = 2
 #: What a prefork worker holds unacknowledged at most under the preset: one message per
 #: process (``worker_prefetch_multiplier=1``), running or reserved.
 UNACKED_PER_WORKER = CONCURRENCY
+#: Redis: kombu's transport takes a message with BRPOP and records it as unacknowledged
+#: in a second command; a message popped by the worker's main process in between is gone
+#: with it. The consumer pops one message at a time: at most one per kill (issue 15).
+REDIS_POP_WINDOW = 1
+VISIBILITY = 8.0
 
 
 def _redis_restore_env(rig: FaultRig) -> dict[str, str]:
     """On Redis a dead worker's messages come back after ``visibility_timeout``: make it 8 s."""
-    return {"KIT_FAULT_VISIBILITY": "8"} if rig.broker == "redis" else {}
+    return {"KIT_FAULT_VISIBILITY": f"{VISIBILITY:g}"} if rig.broker == "redis" else {}
+
+
+def _wait_settled(rig: FaultRig, ids: list[str], allowed: int, restored_by: float) -> None:
+    """Wait for ``ids`` to complete, all but ``allowed`` of them once the dead worker's
+    messages can no longer come back (``restored_by``, a monotonic time)."""
+    if not allowed:
+        rig.wait_completed(ids, timeout=120)
+        return
+
+    def missing() -> int:
+        return len(set(ids) - set(rig.ledger.completed()))
+
+    wait_for(lambda: missing() <= allowed, timeout=120)
+    if missing():  # lost, or not restored yet: wait until nothing more can come back
+        time.sleep(max(0.0, restored_by - time.monotonic()))
+        with contextlib.suppress(AssertionError):  # what is still missing is counted as lost
+            wait_for(lambda: missing() == 0, timeout=10)
 
 
 def test_kill9_of_pool_children_mid_task_requeues_only_those_tasks(
@@ -82,7 +105,9 @@ def test_kill9_of_pool_children_mid_task_requeues_only_those_tasks(
     assert all(rig.ledger.completed()[tid] == 1 for tid in ids)
 
 
-def test_kill9_of_the_whole_worker_mid_load_loses_nothing(rig: FaultRig, reliability_report: Report) -> None:
+def test_kill9_of_the_whole_worker_mid_load_loses_nothing_but_the_redis_pop_window(
+    rig: FaultRig, reliability_report: Report
+) -> None:
     start = time.monotonic()
     work = rig.app().tasks["faults.work"]
     first = rig.worker(concurrency=CONCURRENCY, env=_redis_restore_env(rig))
@@ -97,8 +122,11 @@ def test_kill9_of_the_whole_worker_mid_load_loses_nothing(rig: FaultRig, reliabi
     completed_at_kill = rig.ledger.completed_count()
     assert completed_at_kill < total, "the worker finished before the kill; the test proves nothing"
 
+    killed_at = time.monotonic()
     rig.worker(concurrency=CONCURRENCY, env=_redis_restore_env(rig))
-    rig.wait_completed(ids, timeout=120)
+    allowed = REDIS_POP_WINDOW if rig.broker == "redis" else 0
+    # Restored after the visibility timeout by the next once-a-second sweep, then run.
+    _wait_settled(rig, ids, allowed, restored_by=killed_at + VISIBILITY + 10)
     _done, _executions, lost, twice = record(
         reliability_report,
         rig,
@@ -107,12 +135,17 @@ def test_kill9_of_the_whole_worker_mid_load_loses_nothing(rig: FaultRig, reliabi
         f"1 x SIGKILL of every worker process after {completed_at_kill} tasks; a new worker started",
         start,
         (
-            "messages the dead worker held came back after visibility_timeout (8 s in the test)"
+            "messages the dead worker held came back after visibility_timeout (8 s in the test); "
+            "a message the main process had popped (BRPOP) but not yet recorded as unacknowledged "
+            "(a second command) is lost with it: at most 1 per kill, never a started task, "
+            "seen in 2 of 8 runs of 2,000 tasks (issue 15); RabbitMQ (quorum queues) loses none"
             if rig.broker == "redis"
             else "RabbitMQ requeued the dead connection's unacknowledged messages at once"
         ),
     )
-    assert lost == 0
+    assert lost <= allowed
+    lost_ids = set(ids) - set(rig.ledger.completed())
+    assert not lost_ids & started_before_kill, "a started task was lost: only a just-popped one may be"
     # Only what the dead worker held unacknowledged (running, or finished but not yet
     # acknowledged) may run again.
     assert twice <= started_before_kill

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 
 import redis
 import structlog
@@ -102,6 +103,12 @@ def build_app(broker_url: str, queue: str, metrics_port: int, state_url: str, pr
     @validated_task(app, shared=False, name="obs.reject")
     def reject() -> None:
         raise Reject("not for this worker", requeue=False)
+
+    @validated_task(app, shared=False, name="obs.noisy")
+    def noisy(tag: str) -> str:
+        warnings.warn(f"noisy warning {tag}", UserWarning, stacklevel=1)
+        print(f"noisy print {tag}")
+        return tag
 
     @validated_task(app, shared=False, name="obs.sleeper")
     def sleeper(marker: str) -> None:

@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import socket
+import subprocess
 import time
 import urllib.request
 import uuid
@@ -41,9 +42,12 @@ class Observed:
         #: The worker's node name, for remote control commands sent to it alone.
         self.node = worker.hostname
 
-    def scrape(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    def scrape_text(self) -> str:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=5) as response:
-            text = response.read().decode()
+            return str(response.read().decode())
+
+    def scrape(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        text = self.scrape_text()
         samples = {}
         for family in text_string_to_metric_families(text):
             for sample in family.samples:
@@ -58,8 +62,8 @@ class Observed:
         return json_lines(self.worker.log())
 
 
-def _start(pool: str, redis_url: str) -> tuple[Observed, str]:
-    prefix = f"kit-{RUN_ID}-obs-{pool}"
+def _start(pool: str, redis_url: str, name: str = "", tag: str = "") -> tuple[Observed, str]:
+    prefix = f"kit-{RUN_ID}-obs{tag}-{pool}{name}"
     queue = f"{prefix}-q"
     port = free_port()
     app = build_app(redis_url, queue, port, redis_url, prefix)
@@ -193,6 +197,37 @@ def test_worker_logs_are_json_lines_with_context_from_the_producer(prefork: Obse
     for task_id in (workflow.parent.id, workflow.id):
         assert {line["correlation_id"] for line in of(task_id)} == {"corr-42"}
         assert {line["root_id"] for line in of(task_id)} == {workflow.parent.id}
+
+
+#: What Celery writes straight to the terminal, past logging (docs/observability.md).
+NOT_JSON = ("", "worker: Warm shutdown (MainProcess)")
+
+
+def test_every_line_a_json_worker_writes_is_a_json_object(redis_url: str) -> None:
+    observed, queue = _start("prefork", redis_url, "-json")  # not the module's worker
+    try:
+        assert observed.app.tasks["obs.noisy"].delay("n-1").get(timeout=TIMEOUT) == "n-1"
+        wait_for(lambda: "noisy warning n-1" in observed.worker.log())
+    finally:
+        observed.worker.stop()
+        with observed.app.connection_for_write() as conn:
+            conn.default_channel.queue_delete(queue)
+    text = observed.worker.log()
+    observed.worker.remove_log()
+    plain = [line for line in text.splitlines() if not line.startswith("{")]
+    assert plain == list(NOT_JSON), plain
+    lines = json_lines(text)
+    assert len(lines) == len(text.splitlines()) - len(plain)  # every "{" line is one JSON object
+
+    (banner,) = [line for line in lines if line["event"] == "worker starting"]
+    assert banner["queues"] == [queue]
+    assert {"obs.ok", "obs.noisy"} <= set(banner["tasks"])
+    assert banner["pool"] == "celery.concurrency.prefork"
+    assert banner["broker"].startswith("redis://")
+    (warned,) = [line for line in lines if "noisy warning n-1" in line["event"]]
+    assert (warned["logger"], warned["level"]) == ("py.warnings", "warning")
+    (printed,) = [line for line in lines if line["event"] == "noisy print n-1"]
+    assert printed["logger"] == "celery.redirected"
 
 
 def test_hard_limit_and_invalid_payload_are_logged_with_their_classification(prefork: Observed) -> None:
@@ -392,3 +427,61 @@ def test_a_taken_metrics_port_stops_the_worker_loudly(redis_url: str) -> None:
             worker.start(timeout=30)
         worker.stop()
     assert f"127.0.0.1:{port}" in str(caught.value)
+
+
+def _check_metrics(promtool: str, text: str) -> None:
+    """``promtool check metrics``: the exposition parses and passes Prometheus' lint."""
+    done = subprocess.run(
+        [promtool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("pool", ["prefork", "solo", "threads"])
+def test_a_fresh_worker_exports_every_task_at_zero_and_no_last_success(
+    pool: str, redis_url: str, promtool: str
+) -> None:
+    """Before any task ran, every registered task's counters are exported at 0 (so that
+    ``increase()`` sees the first hard timeout, invalid payload or final failure), and no
+    task has a last-success sample (a 0 would read as "not since 1970")."""
+    observed, queue = _start(pool, redis_url, "-fresh")
+    try:
+        replies = observed.app.control.inspect([observed.node], timeout=10).registered() or {}
+        tasks = [name for name in replies[observed.node] if not name.startswith("celery.")]
+        assert len(tasks) >= 10
+        text = observed.scrape_text()
+        _check_metrics(promtool, text)
+        samples = observed.scrape()
+        for task in tasks:
+            tq = (("queue", queue), ("task", task))
+            assert samples[("celery_task_started_total", tq)] == 0, task
+            assert samples[("celery_task_in_progress", tq)] == 0, task
+            assert samples[("celery_task_duration_seconds_count", tq)] == 0, task
+            for outcome in ("succeeded", "failed", "retried", "rejected", "revoked", "ignored"):
+                key = ("celery_task_finished_total", tuple(sorted((*tq, ("outcome", outcome)))))
+                assert samples[key] == 0, (task, outcome)
+            for kind in ("soft", "hard"):
+                assert samples[("celery_task_timeouts_total", tuple(sorted((*tq, ("kind", kind)))))] == 0
+            assert (
+                samples[("celery_task_validation_errors_total", tuple(sorted((*tq, ("side", "worker")))))]
+                == 0
+            )
+        for result in ("sent", "suppressed", "failed"):  # the default sink's deliveries
+            assert samples[("celery_kit_alerts_total", (("result", result), ("sink", "log")))] == 0
+        names = {name for name, _ in samples}
+        assert "celery_task_last_success_timestamp_seconds" not in names
+        assert "celery_task_failures_total" not in names  # its exception label is not known yet
+
+        observed.app.tasks["obs.ok"].delay(1).get(timeout=TIMEOUT)
+        last_success = "celery_task_last_success_timestamp_seconds"
+        wait_for(lambda: observed.value(last_success, task="obs.ok") > 0)
+        samples = observed.scrape()
+        assert [dict(labels)["task"] for name, labels in samples if name == last_success] == ["obs.ok"]
+        assert samples[(last_success, (("queue", queue), ("task", "obs.ok")))] > time.time() - 300
+        assert observed.value("celery_task_started_total", task="obs.ok") == 1
+        assert observed.value("celery_task_started_total") == 1  # the zeros are zeros everywhere
+        _check_metrics(promtool, observed.scrape_text())
+    finally:
+        observed.worker.stop()
+        with observed.app.connection_for_write() as conn:
+            conn.default_channel.queue_delete(queue)

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import time
+from datetime import datetime, timezone
 
 import pytest
 from celery import chain
 from celery.exceptions import SoftTimeLimitExceeded
+from pydantic import ValidationError
 
-from celery_kit import PayloadValidationError, PermanentError
+from celery_kit import ChainPayloadError, PayloadTooLargeError, PayloadValidationError, PermanentError
 from celery_kit.testing import publish_raw_message
 
-from .conftest import LiveWorker
+from .conftest import LiveWorker, wait_until
 from .worker_app import Receipt
 
 pytestmark = pytest.mark.integration
@@ -141,3 +143,50 @@ def test_chain_step_that_does_not_fit_fails_the_previous_task_readably(live_work
         result.parent.get(timeout=TIMEOUT)
     assert "does not fit the signature of 'kit.slow'" in str(caught.value)
     assert {tuple(e["loc"]) for e in caught.value.errors} == {("key",), ("seconds",)}
+    assert isinstance(caught.value, ChainPayloadError)
+    assert result.parent.state == "FAILURE"
+    # Reported as what it is -- one final invalid-payload failure -- never as a success.
+    wait_until(lambda: bool(live_worker.events(result.parent.id)), timeout=10)
+    finished = live_worker.events(result.parent.id)
+    assert [(e["type"], e["kind"], e["final"]) for e in finished] == [("failed", "invalid_payload", True)]
+    assert live_worker.count("succeeded", result.parent.id) == 0
+    assert live_worker.count("succeeded", result.parent.parent.id if result.parent.parent else "-") == 0
+
+
+def test_the_worker_refuses_what_the_caller_refuses(live_worker: LiveWorker, unique: str) -> None:
+    """A raw message above the cap, or with a lone surrogate, never runs (the caller
+    refuses both); the worker goes on with the next message."""
+    big = publish_raw_message(live_worker.app, "kit.flaky", args=["x" * (2 * 1024 * 1024), 0])
+    lone = publish_raw_message(live_worker.app, "kit.flaky", kwargs={"key": "\ud800", "fail_times": 0})
+    after = live_worker.app.tasks["kit.flaky"].delay(key=unique, fail_times=0)
+    assert after.get(timeout=TIMEOUT) == 1
+    assert _stays(lambda: live_worker.count("attempts", big.id) + live_worker.count("attempts", lone.id), 0)
+    with pytest.raises(PayloadTooLargeError):
+        live_worker.app.tasks["kit.flaky"].delay(key="x" * (2 * 1024 * 1024), fail_times=0)
+    with pytest.raises(ValidationError):
+        live_worker.app.tasks["kit.flaky"].delay(key="\ud800", fail_times=0)
+
+
+def test_a_plain_celery_task_keeps_its_arguments_through_a_retry(live_worker: LiveWorker) -> None:
+    stamp = datetime(2026, 12, 1, 9, 30, tzinfo=timezone.utc)
+    result = live_worker.app.tasks["plain.rescale"].delay(1, stamp)
+    foo, bar, kind = result.get(timeout=TIMEOUT)
+    assert foo == 10  # retry(kwargs={"foo": ...}) replaced the positional foo, as in Celery
+    assert kind == "datetime"  # undeclared: kombu's JSON round trip, not a string
+    assert bar == stamp
+    assert live_worker.count("calls", f"rescale:{result.id}") == 2
+
+
+def test_autoretry_keeps_celerys_retry_kwargs_on_a_worker(live_worker: LiveWorker, unique: str) -> None:
+    result = live_worker.app.tasks["plain.autoretry"].delay(unique)
+    with pytest.raises(ConnectionError):
+        result.get(timeout=TIMEOUT)
+    assert live_worker.count("calls", unique) == 3  # retry_kwargs' max_retries=2
+    wait_until(lambda: len(live_worker.events(result.id)) >= 3, timeout=10)
+    events = live_worker.events(result.id)
+    # Two pool processes: an attempt may end before the one that retried it has reported.
+    assert sorted((e["type"], e["final"], e["reason"]) for e in events) == [
+        ("failed", True, "retries exhausted"),
+        ("retrying", False, "retriable error"),
+        ("retrying", False, "retriable error"),
+    ]

@@ -16,7 +16,15 @@ from celery import Celery
 from pydantic import BaseModel, Field
 from tenacity import wait_fixed
 
-from celery_kit import EventType, PermanentError, RetryPolicy, TaskEvent, dispatcher_for, validated_task
+from celery_kit import (
+    EventType,
+    PermanentError,
+    RetryPolicy,
+    TaskEvent,
+    ValidatedTask,
+    dispatcher_for,
+    validated_task,
+)
 
 from .._support import count_attempts
 
@@ -58,6 +66,9 @@ def build_app(broker_url: str, backend_url: str, queue: str, state_url: str, pre
 
     @dispatcher_for(app).subscribe
     def record_event(event: TaskEvent) -> None:
+        if event.type is EventType.SUCCEEDED:
+            state.incr(f"{prefix}:succeeded:{event.task_id}")
+            return
         if event.type not in (EventType.RETRYING, EventType.FAILED):
             return
         assert event.kind is not None
@@ -109,6 +120,25 @@ def build_app(broker_url: str, backend_url: str, queue: str, state_url: str, pre
         retry=RetryPolicy(retry_on=ConnectionError, max_retries=None, deadline=1.0, wait=wait_fixed(0.3)),
     )
     def deadline(key: str) -> None:
+        state.incr(f"{prefix}:calls:{key}")
+        raise ConnectionError("still down")
+
+    # Written for plain Celery: the kit must leave them as Celery runs them.
+    @app.task(base=ValidatedTask, shared=False, bind=True, name="plain.rescale")  # type: ignore[untyped-decorator]
+    def rescale(self: ValidatedTask, foo, bar):  # type: ignore[no-untyped-def]
+        state.incr(f"{prefix}:calls:rescale:{self.request.id}")
+        if not self.request.retries:
+            raise self.retry(kwargs={"foo": foo * 10}, countdown=0)
+        return [foo, bar, type(bar).__name__]
+
+    @app.task(
+        base=ValidatedTask,
+        shared=False,
+        name="plain.autoretry",
+        autoretry_for=(ConnectionError,),
+        retry_kwargs={"max_retries": 2, "countdown": 0},
+    )
+    def autoretry(key):  # type: ignore[no-untyped-def]
         state.incr(f"{prefix}:calls:{key}")
         raise ConnectionError("still down")
 

@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import enum
-import re
 from datetime import datetime
 from typing import Any
 
 from pydantic import BaseModel, Field
 
-__all__ = ["Alert", "AlertKind", "redact"]
+from .._redact import redact
 
-_SECRET_KEY = re.compile(r"pass|secret|token|api[_-]?key|auth|credential|private", re.IGNORECASE)
-MASK = "**********"
+__all__ = ["Alert", "AlertKind", "redact"]
 
 
 class AlertKind(str, enum.Enum):
@@ -29,7 +27,8 @@ class Alert(BaseModel):
     """One alert, or a digest of the occurrences a throttle window held back.
 
     No task arguments, keyword arguments or results are included unless the task opts
-    in with ``alert_payload=True``; even then secrets and password-like fields are masked.
+    in with ``alert_payload=True``; even then secrets are masked by the kit's one redactor
+    (:func:`celery_kit.alerts.redact`), as in logs and ``celery kit config``.
     """
 
     kind: AlertKind
@@ -65,12 +64,3 @@ class Alert(BaseModel):
             minutes = (self.window_seconds or 0) / 60
             return f"{self.occurrences} more in the last {minutes:g} min - {what}"
         return what
-
-
-def redact(value: Any) -> Any:
-    """Mask values under password-like keys, recursively (secrets are masked already)."""
-    if isinstance(value, dict):
-        return {key: MASK if _SECRET_KEY.search(str(key)) else redact(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [redact(item) for item in value]
-    return value

@@ -16,7 +16,7 @@ from pydantic import SecretStr
 
 from .._errors import ConfigurationError
 from .._events import EventType, FailureKind, TaskEvent, request_value
-from .._payload import PayloadSchema
+from .._payload import dump_masked
 from ._delivery import AlertDelivery, ResultCallback
 from ._model import Alert, AlertKind, redact
 from ._ratelimit import LocalRateLimit, RateLimit, RedisRateLimit
@@ -124,6 +124,36 @@ def _kind_of(event: TaskEvent) -> AlertKind:
     return _KINDS.get(event.kind, AlertKind.FINAL_FAILURE) if event.kind else AlertKind.FINAL_FAILURE
 
 
+#: Longest identifier (task name, id, queue, host) an alert carries.
+_MAX_TEXT = 200
+
+
+def _text(value: Any) -> str | None:
+    """A string, clipped; anything else (a list where an id belongs) is dropped."""
+    if not isinstance(value, str):
+        return None
+    return value if len(value) <= _MAX_TEXT else f"{value[:_MAX_TEXT]}..."
+
+
+def _count(value: Any) -> int:
+    """The retry count: a whole number, else 0 (``retries="abc"`` in a message's headers)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return max(value, 0)
+    if isinstance(value, str) and value.isdigit() and len(value) < 10:
+        return int(value)
+    return 0
+
+
+def _message(exc: BaseException | None) -> str | None:
+    if exc is None:
+        return None
+    try:
+        text = str(exc)
+    except Exception:  # an exception whose __str__ fails still alerts
+        text = f"<{type(exc).__name__}: its message could not be read>"
+    return text[:_MAX_MESSAGE]
+
+
 class _Fields(dict[str, Any]):
     def __missing__(self, key: str) -> str:
         return ""
@@ -146,17 +176,20 @@ class AlertObserver:
         now = datetime.now(timezone.utc)
         request = event.request
         exc = event.exception
+        # Every field below may come from a message's headers, which anyone who can
+        # publish chooses: a value of the wrong type is coerced or dropped, never allowed
+        # to make the model refuse the alert (and the dispatcher swallow it).
         alert = Alert(
             kind=_kind_of(event),
-            task_name=event.task_name,
-            task_id=event.task_id,
-            root_id=getattr(request, "root_id", None),
-            queue=event.queue,
-            retries=event.retries,
+            task_name=_text(event.task_name) or "unknown",
+            task_id=_text(event.task_id),
+            root_id=_text(getattr(request, "root_id", None)),
+            queue=_text(event.queue),
+            retries=_count(event.retries),
             exception_type=type(exc).__name__ if exc is not None else None,
-            exception_message=str(exc)[:_MAX_MESSAGE] if exc is not None else None,
-            reason=event.reason,
-            hostname=getattr(request, "hostname", None) or self.hostname,
+            exception_message=_message(exc),
+            reason=_text(event.reason) or "",
+            hostname=_text(getattr(request, "hostname", None)) or self.hostname,
             first_seen=now,
             last_seen=now,
             payload=self._payload(event),
@@ -170,7 +203,7 @@ class AlertObserver:
         if not getattr(event.task, "alert_payload", False) or event.request is None:
             return None
         payload = request_value(event.request, "_celery_kit_payload")
-        return None if payload is None else redact(PayloadSchema.dump_result(payload))
+        return None if payload is None else redact(dump_masked(payload))
 
 
 _deliveries: weakref.WeakSet[AlertDelivery] = weakref.WeakSet()

@@ -361,6 +361,12 @@ def reliable(
     On Redis, a ``visibility_timeout`` above the longest time limit and ETA horizon; on
     RabbitMQ, quorum queues and publisher confirms. Tasks must be idempotent. Arguments
     are :func:`production`'s.
+
+    On RabbitMQ no acknowledged task is lost with a worker. On Redis one message can be:
+    kombu takes a message with ``BRPOP`` and records it as unacknowledged in a second
+    command, so a message the worker's main process popped just before it was killed (or
+    the server died) is gone -- at most one per kill or outage, never a started task. For
+    zero loss, use RabbitMQ with quorum queues (what this preset sets up there).
     """
     return _build(
         Preset.RELIABLE,
