@@ -43,17 +43,19 @@ TEST_PATHS = (
 )
 #: What these files need, at Celery's own pins (name -> the sdist's requirements file).
 #: pytest >= 9 has subtests built in (test_stamping uses them); freezegun for test_request;
-#: pytest-timeout so that a test the kit makes hang fails alone (PER_TEST_TIMEOUT) instead of
-#: stalling CI; cryptography (celery[auth]) because test_app's test_setup_security imports
-#: celery.security. Not installed: pytest-celery (the conftest imports celery.contrib.pytest
-#: directly), pytest-rerunfailures (its marker is declared in Celery's pyproject and these
-#: files use none: a rerun would hide a flaky regression), moto/boto3 and the backend extras
-#: (no backend tests here).
+#: pytest-timeout so that a test the kit makes hang fails alone (PER_TEST_TIMEOUT) instead
+#: of stalling CI; cryptography (celery[auth]): test_app's test_setup_security imports
+#: celery.security; tblib (celery[tblib]): test_result's remote tracebacks. One test stays
+#: skipped: it needs Python 3.14 (PEP 649).
+#: Not installed: pytest-celery (the conftest imports celery.contrib.pytest directly),
+#: pytest-rerunfailures (Celery's pyproject declares its marker, these files use none, and a
+#: rerun would hide a flaky regression), moto/boto3 and backend extras (no backend tests).
 TEST_REQUIREMENTS = {
     "pytest": "requirements/test.txt",
     "freezegun": "requirements/test.txt",
     "pytest-timeout": "requirements/test.txt",
     "cryptography": "requirements/extras/auth.txt",
+    "tblib": "requirements/extras/tblib.txt",
 }
 #: Seconds one test may take; Celery's unit tests take well under one each.
 PER_TEST_TIMEOUT = 120
