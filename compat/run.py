@@ -4,9 +4,9 @@
    that version's sdist from the package index into ``.compat/`` (once) and extract its
    ``t/`` tree and ``pyproject.toml`` (the pytest settings Celery's tests expect).
 2. Build ``.venv-compat`` (once; re-installed when the requirements or pyproject change):
-   the kit editable from this checkout, the same Celery, and the pytest, freezegun and
-   pytest-timeout pins of the sdist's ``requirements/test.txt``. Its own venv, so neither the project's pytest
-   plugins nor its dev tools change what Celery's tests see.
+   the kit editable from this checkout, the same Celery, and what the files need
+   (TEST_REQUIREMENTS) at the pins of the sdist's ``requirements/``. Its own venv, so
+   neither the project's pytest plugins nor its dev tools change what Celery's tests see.
 3. Run the files twice, plain and with ``-p compat.kit_default_task_cls``, each writing
    per-test outcomes (``compat.record_outcomes``); then judge with ``compat.compare``.
    ``--kit-src`` puts another checkout's ``src/`` first in both runs (read-only: no bytecode
@@ -41,16 +41,22 @@ TEST_PATHS = (
     "t/unit/worker/test_request.py",
     "t/unit/test_canvas.py",
 )
-#: Test requirements taken from the sdist's requirements/test.txt, at Celery's own pins.
+#: What these files need, at Celery's own pins (name -> the sdist's requirements file).
 #: pytest >= 9 has subtests built in (test_stamping uses them); freezegun for test_request;
-#: pytest-timeout so that a test the kit makes hang fails alone (PER_TEST_TIMEOUT) instead of
-#: stalling CI. Not installed: pytest-celery (the conftest imports celery.contrib.pytest
-#: directly), pytest-rerunfailures (its marker is declared in Celery's pyproject and these
-#: files use none: a flaky retry would hide a regression anyway), moto/boto3 and the backend
-#: extras (no backend tests here), and cryptography (celery[auth]), which only
-#: test_app.py::test_App::test_setup_security needs: that one test fails in both runs and
-#: is never judged.
-TEST_REQUIREMENTS = ("pytest", "freezegun", "pytest-timeout")
+#: pytest-timeout so that a test the kit makes hang fails alone (PER_TEST_TIMEOUT) instead
+#: of stalling CI; cryptography (celery[auth]): test_app's test_setup_security imports
+#: celery.security; tblib (celery[tblib]): test_result's remote tracebacks. One test stays
+#: skipped: it needs Python 3.14 (PEP 649).
+#: Not installed: pytest-celery (the conftest imports celery.contrib.pytest directly),
+#: pytest-rerunfailures (Celery's pyproject declares its marker, these files use none, and a
+#: rerun would hide a flaky regression), moto/boto3 and backend extras (no backend tests).
+TEST_REQUIREMENTS = {
+    "pytest": "requirements/test.txt",
+    "freezegun": "requirements/test.txt",
+    "pytest-timeout": "requirements/test.txt",
+    "cryptography": "requirements/extras/auth.txt",
+    "tblib": "requirements/extras/tblib.txt",
+}
 #: Seconds one test may take; Celery's unit tests take well under one each.
 PER_TEST_TIMEOUT = 120
 
@@ -88,11 +94,12 @@ def fetch_tests(version: str, cache: Path, python: str) -> Path:
 
 
 def test_pins(tree: Path) -> list[str]:
-    """``name==version`` for TEST_REQUIREMENTS as Celery's requirements/test.txt pins them."""
-    text = (tree / "requirements" / "test.txt").read_text()
+    """``name==version`` for TEST_REQUIREMENTS as Celery's requirements files pin them."""
     pins = []
-    for name in TEST_REQUIREMENTS:
-        match = re.search(rf"^{name}==([^\s;#]+)", text, re.MULTILINE)
+    for name, file in TEST_REQUIREMENTS.items():
+        path = tree / file
+        text = path.read_text() if path.exists() else ""
+        match = re.search(rf"^{re.escape(name)}==([^\s;#]+)", text, re.MULTILINE)
         pins.append(f"{name}=={match.group(1)}" if match else name)
     return pins
 
