@@ -41,17 +41,18 @@ import struct
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from celery import bootsteps, signals
+from celery import bootsteps
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, values
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 from prometheus_client.registry import Collector
 
 from ._errors import ConfigurationError
 from ._events import EventType, FailureKind, RejectReason, TaskEvent
+from ._observer import Observer
 from ._pools import pool_name
 
 __all__ = [
@@ -195,7 +196,7 @@ class TaskMetrics:
             self.messages_rejected.labels(reason.value)
 
 
-class MetricsObserver:
+class MetricsObserver(Observer):
     """Counts task events into :class:`TaskMetrics`."""
 
     def __init__(self, metrics: TaskMetrics) -> None:
@@ -207,14 +208,13 @@ class MetricsObserver:
         # both bounded, since task names and routing keys come from messages.
         self._children: dict[tuple[Any, tuple[str, ...]], Any] = {}
         self._queues: dict[str, str] = {}
-        self._handlers: dict[EventType, Callable[[TaskEvent], None]] = {
-            EventType.PUBLISHED: self._on_published,
-            EventType.REFUSED: self._on_refused,
-            EventType.STARTED: self._on_started,
-            EventType.SUCCEEDED: self._on_succeeded,
-            EventType.MESSAGE_REJECTED: self._on_message_rejected,
-            **{kind: self._on_finished for kind in _OUTCOMES if kind is not EventType.SUCCEEDED},
-        }
+
+    def rebind(self, metrics: TaskMetrics) -> None:
+        """Count into other families from now on (the worker chose multiprocess mode)."""
+        with self._lock:
+            self._cache.clear()
+            self._children.clear()
+            self.metrics = metrics
 
     def _exception_label(self, exc: BaseException | None) -> str:
         name = type(exc).__name__ if exc is not None else "none"
@@ -278,18 +278,10 @@ class MetricsObserver:
                 self._cache[key] = series
         return series
 
-    def __call__(self, event: TaskEvent) -> None:
-        handler = self._handlers.get(event.type)
-        if handler is not None:
-            handler(event)
-
-    # One handler per event type, resolved once (``_handlers``): comparing the type with
-    # enum members one by one costs a class-attribute lookup each, on every event.
-
-    def _on_published(self, event: TaskEvent) -> None:
+    def on_published(self, event: TaskEvent) -> None:
         self._child(self.metrics.published, event.task_name, self._queue_label(event.queue)).inc()
 
-    def _on_refused(self, event: TaskEvent) -> None:
+    def on_refused(self, event: TaskEvent) -> None:
         queue = self._queue_label(event.queue)
         if event.reason == "duplicate":  # a unique task's key is taken (_unique_lock.py)
             self._child(
@@ -298,14 +290,14 @@ class MetricsObserver:
             return
         self._child(self.metrics.validation_errors, event.task_name, queue, "caller").inc()
 
-    def _on_started(self, event: TaskEvent) -> None:
+    def on_started(self, event: TaskEvent) -> None:
         series = self._series(event.task_name, event.queue)
         series.started.inc()
         series.in_progress.inc()
         if event.queue_wait is not None:
             series.queue_wait.observe(event.queue_wait)
 
-    def _on_succeeded(self, event: TaskEvent) -> None:
+    def on_succeeded(self, event: TaskEvent) -> None:
         """The usual end of an attempt, always in the pool process that counted its start."""
         series = self._series(event.task_name, event.queue)
         series.succeeded.inc()
@@ -317,7 +309,7 @@ class MetricsObserver:
             last_success = series.last_success = self.metrics.last_success.labels(series.task, series.queue)
         last_success.set(time.time())
 
-    def _on_finished(self, event: TaskEvent) -> None:
+    def _finished(self, event: TaskEvent) -> None:
         """Every other end of an attempt: retried, failed, rejected, ignored, revoked."""
         m = self.metrics
         task = event.task_name
@@ -340,7 +332,9 @@ class MetricsObserver:
             elif event.kind is _TIMEOUT:
                 self._child(m.timeouts, task, queue, event.detail or "soft").inc()
 
-    def _on_message_rejected(self, event: TaskEvent) -> None:
+    on_retrying = on_failed = on_rejected = on_ignored = on_revoked = _finished
+
+    def on_message_rejected(self, event: TaskEvent) -> None:
         reason = event.reason if event.reason in _REJECT_REASONS else RejectReason.INVALID_MESSAGE.value
         self.metrics.messages_rejected.labels(reason).inc()
 
@@ -449,11 +443,13 @@ def prepare_multiprocess_dir(nodename: str, base: str | None = None) -> str:
     shutil.rmtree(path, ignore_errors=True)
     os.makedirs(path, exist_ok=True)
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
+    _follow_forks()
     values.ValueClass = values.MultiProcessValue(_process_id)  # type: ignore[no-untyped-call]
     return path
 
 
 _pid = os.getpid()
+_fork_hook_registered = False
 
 
 def _refresh_pid() -> None:
@@ -461,7 +457,14 @@ def _refresh_pid() -> None:
     _pid = os.getpid()
 
 
-os.register_at_fork(after_in_child=_refresh_pid)
+def _follow_forks() -> None:
+    """Keep :func:`_process_id` right in forked children; registered once, by the first
+    worker that goes multiprocess (never at import)."""
+    global _fork_hook_registered, _pid
+    _pid = os.getpid()
+    if not _fork_hook_registered:
+        os.register_at_fork(after_in_child=_refresh_pid)
+        _fork_hook_registered = True
 
 
 def _process_id() -> int:
@@ -508,8 +511,13 @@ class MetricsServer(bootsteps.StartStopStep):  # type: ignore[misc]
             self.server = None
 
 
-class MetricsSetup:
-    """One app's metrics configuration and state; created by :func:`celery_kit.instrument`."""
+class MetricsSetup(Observer):
+    """One app's metrics configuration and state; created by :func:`celery_kit.instrument`.
+
+    The observer on the app's dispatcher: its task hooks hand each event to the counting
+    :class:`MetricsObserver` (plain mode, or multiprocess mode once a prefork worker
+    chose it); its process hooks set multiprocess mode up and tear it down.
+    """
 
     def __init__(
         self,
@@ -536,6 +544,8 @@ class MetricsSetup:
         self.alert_sinks: tuple[str, ...] = ()
         self._observer: MetricsObserver | None = None
         self._lock = threading.Lock()
+        #: Pool processes forked once the worker is ready are restarts.
+        self._pool_ready = False
 
     @property
     def observer(self) -> MetricsObserver:
@@ -545,15 +555,39 @@ class MetricsSetup:
         assert self._observer is not None
         return self._observer
 
-    def __call__(self, event: TaskEvent) -> None:
-        observer = self._observer
-        (observer if observer is not None else self.observer)(event)
-
     def _create(self, registry: CollectorRegistry | None) -> None:
         with self._lock:
+            metrics = _metrics_for(registry, self.prefix, self.duration_buckets, self.queue_wait_buckets)
             if self._observer is None:
-                metrics = _metrics_for(registry, self.prefix, self.duration_buckets, self.queue_wait_buckets)
                 self._observer = MetricsObserver(metrics)
+            else:
+                self._observer.rebind(metrics)
+
+    # -- task hooks: counted by the observer -------------------------------------------------
+
+    def on_published(self, event: TaskEvent) -> None:
+        self.observer.on_published(event)
+
+    def on_refused(self, event: TaskEvent) -> None:
+        self.observer.on_refused(event)
+
+    def on_started(self, event: TaskEvent) -> None:
+        self.observer.on_started(event)
+
+    def on_succeeded(self, event: TaskEvent) -> None:
+        self.observer.on_succeeded(event)
+
+    def _finished(self, event: TaskEvent) -> None:
+        self.observer._finished(event)
+
+    on_retrying = on_failed = on_rejected = on_ignored = on_revoked = _finished
+
+    def on_message_rejected(self, event: TaskEvent) -> None:
+        self.observer.on_message_rejected(event)
+
+    def count_alert(self, sink: str, result: str) -> None:
+        """An alert delivery's result (the alert observer's callback)."""
+        self.observer.metrics.alerts.labels(sink, result).inc()
 
     def exposition_registry(self) -> CollectorRegistry:
         if self.multiprocess_path is None:
@@ -579,12 +613,35 @@ class MetricsSetup:
             for result in _ALERT_RESULTS:
                 observer.metrics.alerts.labels(sink, result)
 
+    # -- process hooks --------------------------------------------------------------------------
+
     def on_worker_init(self, worker: Any) -> None:
         """Before the pool forks: multiprocess mode for prefork, plain mode otherwise."""
         if pool_name(worker) == "prefork":
             self.multiprocess_path = prepare_multiprocess_dir(worker.hostname, self.multiprocess_base)
-            self._observer = None
             self._create(None)  # the files are the registry; the main process sums them
+
+    def on_worker_ready(self, worker: Any) -> None:
+        self._pool_ready = True
+
+    def on_process_init(self) -> None:
+        if self._pool_ready:
+            self.observer.metrics.process_restarts.inc()
+
+    def on_process_shutdown(self) -> None:
+        if self.multiprocess_path:
+            with contextlib.suppress(FileNotFoundError):  # a scrape may have swept it already
+                mark_process_dead(os.getpid(), self.multiprocess_path)  # type: ignore[no-untyped-call]
+
+    def on_worker_shutdown(self, worker: Any) -> None:
+        if self.multiprocess_path:
+            shutil.rmtree(self.multiprocess_path, ignore_errors=True)
+
+    def remove(self) -> None:
+        """Take the metrics endpoint out of the app's workers (``uninstrument``)."""
+        self.app.steps["worker"].discard(MetricsServer)
+        if getattr(self.app, "_celery_kit_metrics", None) is self:
+            del self.app._celery_kit_metrics
 
 
 def _routed_tasks(app: Any) -> list[tuple[str, str]]:
@@ -642,65 +699,9 @@ def _metrics_for(
     return _metrics_cache[key]
 
 
-def _setup_of(app: Any) -> MetricsSetup | None:
-    return getattr(app, "_celery_kit_metrics", None)
-
-
-def _on_worker_init(sender: Any = None, **_: Any) -> None:
-    setup = _setup_of(sender.app) if sender is not None else None
-    if setup is not None:
-        setup.on_worker_init(sender)
-
-
-_pool_ready = False
-
-
-def _on_worker_ready(sender: Any = None, **_: Any) -> None:
-    global _pool_ready
-    _pool_ready = True  # pool processes forked from now on are restarts
-
-
-def _on_process_init(**_: Any) -> None:
-    if _pool_ready:
-        for setup in _all_setups():
-            setup.observer.metrics.process_restarts.inc()
-
-
-def _on_process_shutdown(**_: Any) -> None:
-    for setup in _all_setups():
-        if setup.multiprocess_path:
-            with contextlib.suppress(FileNotFoundError):  # a scrape may have swept it already
-                mark_process_dead(os.getpid(), setup.multiprocess_path)  # type: ignore[no-untyped-call]
-
-
-def _on_worker_shutdown(sender: Any = None, **_: Any) -> None:
-    setup = _setup_of(getattr(sender, "app", None))
-    if setup is not None and setup.multiprocess_path:
-        shutil.rmtree(setup.multiprocess_path, ignore_errors=True)
-
-
-_setups: list[MetricsSetup] = []
-
-
-def _all_setups() -> list[MetricsSetup]:
-    return list(_setups)
-
-
 def install(app: Any, **options: Any) -> MetricsSetup:
     """Wire metrics into ``app``; used by :func:`celery_kit.instrument`."""
     setup = MetricsSetup(app, **options)
     app._celery_kit_metrics = setup
-    _setups.append(setup)
     app.steps["worker"].add(MetricsServer)
     return setup
-
-
-signals.worker_init.connect(_on_worker_init, weak=False, dispatch_uid="celery_kit.metrics.worker_init")
-signals.worker_ready.connect(_on_worker_ready, weak=False, dispatch_uid="celery_kit.metrics.worker_ready")
-signals.worker_process_init.connect(
-    _on_process_init, weak=False, dispatch_uid="celery_kit.metrics.process_init"
-)
-signals.worker_process_shutdown.connect(
-    _on_process_shutdown, weak=False, dispatch_uid="celery_kit.metrics.process_shutdown"
-)
-signals.worker_shutdown.connect(_on_worker_shutdown, weak=False, dispatch_uid="celery_kit.metrics.shutdown")
