@@ -85,10 +85,9 @@ def set_propagated_keys(keys: tuple[str, ...], app: Any = None) -> None:
         return
     _default_keys = keys
     for known in known_apps():
-        instrumentation = getattr(known, "_celery_kit_instrumentation", None)
-        context = getattr(instrumentation, "context", None)
-        if context is not None and instrumentation.options.get("log_context") is None:
-            context.keys = frozenset(keys)
+        found: Instrumentation | None = getattr(known, "_celery_kit_instrumentation", None)
+        if found is not None and found.context is not None and found.options.get("log_context") is None:
+            found.context.keys = frozenset(keys)
 
 
 def instrument(
