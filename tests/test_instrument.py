@@ -177,7 +177,7 @@ def test_uninstrument_undoes_instrument() -> None:
         + """
     from celery import Celery
     from celery_kit import Observer, instrument, uninstrument, validated_task
-    from celery_kit.metrics import MetricsServer
+    from celery_kit._metrics_worker import MetricsServer
     from celery_kit.health import Heartbeat
 
     seen = []

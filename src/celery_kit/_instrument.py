@@ -20,9 +20,10 @@ from ._context import DEFAULT_PROPAGATED_KEYS, ContextPropagation
 from ._dispatch import forget_app, known_apps
 from ._errors import ConfigurationError
 from ._log_observer import LoggingObserver
+from ._metrics_worker import MetricsSetup
 from ._observer import Observer
 from .alerts import Alerter, Alerting, AlertObserver, sinks_from_urls
-from .metrics import DEFAULT_DURATION_BUCKETS, DEFAULT_QUEUE_WAIT_BUCKETS, MetricsSetup
+from .metrics import DEFAULT_DURATION_BUCKETS, DEFAULT_QUEUE_WAIT_BUCKETS
 
 if TYPE_CHECKING:
     from .health import HealthSetup
@@ -189,14 +190,14 @@ def instrument(
         _bridge.connect_logging(True)
     metrics_setup = None
     if metrics:
-        from . import metrics as kit_metrics
+        from . import _metrics_worker
 
         conf: Any = app.conf
         port = (
             metrics_port if metrics_port is not None else conf.get(METRICS_PORT_SETTING, DEFAULT_METRICS_PORT)
         )
         host = metrics_host or conf.get(METRICS_HOST_SETTING, "127.0.0.1")
-        metrics_setup = kit_metrics.install(
+        metrics_setup = _metrics_worker.install(
             app,
             port=int(port or 0),
             host=str(host),
