@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from celery import Celery, signals
 
-from celery_kit import Observer, _lifecycle, instrument, uninstrument
+from celery_kit import Observer, _bridge, _lifecycle, instrument, uninstrument
 
 
 class ProcessHooks(Observer):
