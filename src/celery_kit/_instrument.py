@@ -30,6 +30,7 @@ ALERT_SINKS_SETTING = "celery_kit_alert_sinks"
 #: Redis and the heartbeat file.
 ALERT_REDIS_SETTING = "celery_kit_alert_redis_url"
 HEALTH_FILE_SETTING = "celery_kit_health_file"
+DEAD_LETTERS_SETTING = "celery_kit_dead_letters"
 
 
 _DEFAULT: Any = object()
@@ -68,6 +69,7 @@ def instrument(
     health: bool = True,
     health_file: str | None = None,
     observers: Iterable[Observer] = (),
+    dead_letters: bool | None = None,
 ) -> Instrumentation:
     """Wire structured logging and Prometheus metrics into ``app``; idempotent.
 
@@ -96,6 +98,9 @@ def instrument(
             default ``$CELERY_KIT_HEALTH_FILE`` or a per-node file in the temp directory.
         observers: your own :class:`~celery_kit.Observer` instances, fed the same
             classified events as the kit's own (see the events guide).
+        dead_letters: keep every message the kit gives up on, replayable (see
+            :mod:`celery_kit.deadletter`); default: the ``celery_kit_dead_letters``
+            setting, else off.
 
     Raises:
         ConfigurationError: ``app`` is already instrumented with other options, or an
@@ -124,6 +129,7 @@ def instrument(
         "health": health,
         "health_file": health_file,
         "observers": user_observers,
+        "dead_letters": dead_letters,
     }
     existing: Instrumentation | None = getattr(app, "_celery_kit_instrumentation", None)
     if existing is not None:
@@ -192,6 +198,14 @@ def instrument(
         from . import health as kit_health
 
         health_setup = kit_health.install(app, state_file=health_file or app.conf.get(HEALTH_FILE_SETTING))
+    # -- dead letters (issue 17) --
+    if dead_letters is None:
+        dead_letters = bool(app.conf.get(DEAD_LETTERS_SETTING, False))
+    if dead_letters:
+        from . import deadletter
+
+        dispatcher.subscribe(deadletter.install(app))
+    # -- end dead letters --
     for observer in user_observers:
         dispatcher.subscribe(observer)
     _check_config_at_worker_start(app)
