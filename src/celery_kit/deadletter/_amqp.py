@@ -28,13 +28,16 @@ between two refreshes. Drops are records too: counted once, by the process whose
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
+import threading
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from kombu.connection import Connection
 
@@ -43,6 +46,21 @@ from ._backend import Claim, Counts, PutResult
 from ._entry import DeadLetter
 
 __all__ = ["StreamBackend"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _locked(method: F) -> F:
+    """One operation at a time per backend: a py-amqp channel is not thread-safe (the
+    worker's consumer and its refresher thread share the main process's store)."""
+
+    @functools.wraps(method)
+    def locked(self: StreamBackend, *args: Any, **kwargs: Any) -> Any:
+        with self._lock:
+            return method(self, *args, **kwargs)
+
+    return locked  # type: ignore[return-value]
+
 
 #: Seconds a read waits for the stream to deliver up to its own sync record.
 READ_TIMEOUT = 30.0
@@ -106,6 +124,7 @@ class StreamBackend:
         self._connection: Any = None
         self._channel: Any = None
         self._pid = 0
+        self._lock = threading.RLock()
 
     # -- the connection --------------------------------------------------------------------
 
@@ -181,10 +200,12 @@ class StreamBackend:
 
     # -- the operations ----------------------------------------------------------------------
 
+    @_locked
     def put(self, entry: DeadLetter, now: float, max_entries: int, max_age: float) -> PutResult:
         self._append({"op": "put", "id": entry.id, "at": now, "entry": entry.model_dump(mode="json")})
         return PutResult(new=True)
 
+    @_locked
     def trim(self, now: float, max_entries: int, max_age: float) -> list[str]:
         state = self._state()
         victims = [
@@ -201,13 +222,16 @@ class StreamBackend:
         effective = self._state().effective
         return [task for token, (_, task) in mine.items() if token in effective]
 
+    @_locked
     def entries(self) -> list[DeadLetter]:
         return [DeadLetter.model_validate(e) for e in self._state().entries.values()]
 
+    @_locked
     def get(self, entry_id: str) -> DeadLetter | None:
         entry = self._state().entries.get(entry_id)
         return None if entry is None else DeadLetter.model_validate(entry)
 
+    @_locked
     def claim(self, entry_id: str, token: str, now: float, timeout: float) -> Claim | None:
         self._append({"op": "claim", "id": entry_id, "token": token, "at": now, "expires": now + timeout})
         state = self._state()
@@ -219,18 +243,22 @@ class StreamBackend:
             return Claim(DeadLetter.model_validate(entry))
         return Claim(None, holder=holder[0] if holder else None)
 
+    @_locked
     def release(self, entry_id: str, token: str) -> bool:
         self._append({"op": "release", "id": entry_id, "token": token})
         return True
 
+    @_locked
     def keep(self, entry: DeadLetter, token: str) -> bool:
         self._append({"op": "keep", "id": entry.id, "token": token, "entry": entry.model_dump(mode="json")})
         return True
 
+    @_locked
     def remove(self, entry_id: str, token: str) -> bool:
         self._append({"op": "remove", "id": entry_id, "token": token})
         return True
 
+    @_locked
     def purge(self, ids: list[str] | None, before: float | None) -> int:
         state = self._state()
         if ids is not None:
@@ -247,11 +275,13 @@ class StreamBackend:
             self._append(*({"op": "purge", "id": i} for i in targets))
         return len(targets)
 
+    @_locked
     def counts(self) -> Counts:
         state = self._state()
         by_task: Counter[str] = Counter(_task(e) for e in state.entries.values())
         return Counts(dict(by_task), dict(state.dropped))
 
+    @_locked
     def close(self) -> None:
         if self._connection is not None and self._pid == os.getpid():
             with contextlib.suppress(Exception):  # closing a broken connection: nothing to do
@@ -259,6 +289,7 @@ class StreamBackend:
         self._connection = None
         self._channel = None
 
+    @_locked
     def delete(self) -> None:
         """Delete the stream (tests)."""
         channel = self._open()

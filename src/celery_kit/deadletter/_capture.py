@@ -297,8 +297,8 @@ class DeadLetterObserver(Observer):
         if metrics is not None:
             metrics.write_failures.labels(task).inc()
 
-    def _set_sizes(self, metrics: Any) -> None:
-        counts = self.store.backend.counts().by_task
+    def _set_sizes(self, metrics: Any, store: DeadLetterStore | None = None) -> None:
+        counts = (store or self.store).backend.counts().by_task
         for task in self._seen_tasks - set(counts):
             metrics.size.labels(task).set(0)
         for task, count in counts.items():
@@ -307,15 +307,16 @@ class DeadLetterObserver(Observer):
 
     # -- the main process's refresher -----------------------------------------------------------
 
-    def refresh(self) -> None:
+    def refresh(self, store: DeadLetterStore | None = None) -> None:
         """Apply retention and refresh the size gauge (the worker's main process, periodically)."""
+        store = store or self.store
         metrics = metrics_for(self.app)
-        dropped = self.store.trim()
+        dropped = store.trim()
         if metrics is None:
             return
         for task in dropped:
             metrics.dropped.labels(task).inc()
-        self._set_sizes(metrics)
+        self._set_sizes(metrics, store)
 
     def start_refresher(self) -> None:
         if self._refresher is not None:
@@ -329,13 +330,17 @@ class DeadLetterObserver(Observer):
                     self._seen_tasks.add(name)
 
         def run() -> None:
-            while True:
-                try:
-                    self.refresh()
-                except Exception as exc:
-                    logger.warning("celery_kit could not refresh the dead-letter gauge: %r", exc)
-                if self._stop.wait(interval):
-                    return
+            store = DeadLetterStore.for_app(self.app)  # its own connection: not the consumer's
+            try:
+                while True:
+                    try:
+                        self.refresh(store)
+                    except Exception as exc:
+                        logger.warning("celery_kit could not refresh the dead-letter gauge: %r", exc)
+                    if self._stop.wait(interval):
+                        return
+            finally:
+                store.close()
 
         self._stop.clear()
         self._refresher = threading.Thread(target=run, name="celery_kit dead letters", daemon=True)

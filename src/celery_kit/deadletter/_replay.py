@@ -26,6 +26,7 @@ from typing import Any
 from kombu.connection import Connection
 from kombu.message import Message
 from kombu.messaging import Producer
+from kombu.serialization import prepare_accept_content
 from pydantic import ValidationError
 
 from .._bridge import PUBLISHED_AT_HEADER
@@ -60,7 +61,8 @@ def replay_problem(app: Any, entry: DeadLetter) -> str | None:
             f"no task named {entry.task_name!r} is registered here; deploy it (and import its "
             "module in the app) before replaying"
         )
-    message = _as_message(entry, app.conf.accept_content)
+    accept = prepare_accept_content(app.conf.accept_content)  # type: ignore[no-untyped-call]
+    message = _as_message(entry, accept)
     try:
         body = message.decode()  # type: ignore[no-untyped-call]
     except Exception as exc:
