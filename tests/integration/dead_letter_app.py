@@ -15,6 +15,7 @@ from typing import Any
 
 import redis
 from celery import Celery
+from celery.exceptions import SoftTimeLimitExceeded
 from pydantic import BaseModel, SecretStr
 from tenacity import wait_fixed
 
@@ -65,6 +66,8 @@ def build_app(
             if event.task_name == "dlq.held" and event.final and record("held-written", "x") == 1:
                 time.sleep(60)  # the first time only: the test kills this process here
 
+    if worker and broker_url.startswith("amqp"):
+        _write_slowly_once(record)
     if worker:
         instrument(
             app,
@@ -119,12 +122,45 @@ def build_app(
             paused.close()
         raise PermanentError("fails for good; the test kills the process while it writes")
 
+    @validated_task(app, shared=False, name="dlq.soft_timeout", bind=True, soft_time_limit=0.5, time_limit=10)
+    def soft_timeout(self: Any, ref: str) -> None:
+        record(ref, self.request.id)
+        time.sleep(5)
+
+    @validated_task(
+        app, shared=False, name="dlq.hard_timeout", bind=True, soft_time_limit=0.5, time_limit=1.5
+    )
+    def hard_timeout(self: Any, ref: str) -> None:
+        record(ref, self.request.id)
+        try:
+            time.sleep(5)
+        except SoftTimeLimitExceeded:
+            time.sleep(5)  # ignores the soft limit: killed at the hard one
+
     @validated_task(app, shared=False, name="dlq.held", bind=True, acks_late=True, reject_on_worker_lost=True)
     def held(self: Any, ref: str) -> None:
         record(ref, self.request.id)
         raise PermanentError("fails for good; the test kills the process after the write")
 
     return app
+
+
+def _write_slowly_once(record: Any) -> None:
+    """Fault injection for the kill-mid-write test on RabbitMQ: the first entry of
+    ``dlq.slow_write`` is published (and confirmed) to the stream, then its writer stalls
+    before it returns -- the test kills it there, between the broker having the record and
+    the message being acknowledged. Redis pauses its writes instead (see the task)."""
+    from celery_kit.deadletter import _amqp
+
+    put = _amqp.StreamBackend.put
+
+    def stalling_put(self: Any, entry: Any, *args: Any, **kwargs: Any) -> Any:
+        result = put(self, entry, *args, **kwargs)
+        if entry.task_name == "dlq.slow_write" and record("slow-write-stalled", entry.id) == 1:
+            time.sleep(60)
+        return result
+
+    _amqp.StreamBackend.put = stalling_put  # type: ignore[method-assign]
 
 
 if os.environ.get("KIT_DLQ_PREFIX"):  # imported by the worker (-A): build from the environment

@@ -216,6 +216,18 @@ def test_a_lost_worker_not_redelivered_is_kept(dlq: DlqWorker, store: DeadLetter
     assert len(dlq.runs(key)) == 1
 
 
+def test_time_limits_that_are_final_are_kept(dlq: DlqWorker, store: DeadLetterStore) -> None:
+    soft, hard = _key(), _key()
+    soft_id = dlq.app.tasks["dlq.soft_timeout"].delay(ref=soft).id
+    hard_id = dlq.app.tasks["dlq.hard_timeout"].delay(ref=hard).id
+    soft_entry, hard_entry = dlq.entry(soft_id), dlq.entry(hard_id)
+    assert (soft_entry.kind, soft_entry.reason) == ("timeout", "soft time limit")
+    assert (hard_entry.kind, hard_entry.reason) == ("timeout", "hard time limit")
+    assert hard_entry.exception_type == "TimeLimitExceeded"
+    assert json.loads(hard_entry.message.body)[1] == {"ref": hard}
+    assert sorted(store.ids()) == sorted([soft_id, hard_id])
+
+
 @pytest.mark.parametrize(
     ("name", "body", "headers", "content_type", "reason"),
     [
@@ -401,23 +413,29 @@ def test_a_kill_after_the_write_before_the_ack_keeps_one_entry(
 def test_a_kill_while_writing_loses_nothing_and_keeps_one_entry(
     dlq: DlqWorker, store: DeadLetterStore
 ) -> None:
-    if dlq.private is None:
-        pytest.skip("RabbitMQ: the write is one confirmed publish; covered by the kill after the write")
+    """Redis: the store's writes are paused, the pool process is killed inside its write.
+    RabbitMQ: the record reached the stream, the writer is killed before it returned."""
     key = _key()
-    broker = dlq.private.client()
+    dlq.state.delete(f"{dlq.prefix}:runs:slow-write-stalled")
     try:
         dlq.app.tasks["dlq.slow_write"].apply_async(kwargs={"ref": key}, task_id=key)
-        wait_until(lambda: len(dlq.runs(key)) == 1)
-        time.sleep(1.0)  # it paused the broker's writes and is stuck in its dead-letter write
-        assert store.backend.entries() == []  # reads still work: nothing written yet
+        if dlq.private is not None:
+            wait_until(lambda: len(dlq.runs(key)) == 1)
+            time.sleep(1.0)  # it paused the broker's writes and is stuck in its dead-letter write
+            assert store.backend.entries() == []  # reads still work: nothing written yet
+        else:
+            wait_until(lambda: dlq.state.llen(f"{dlq.prefix}:runs:slow-write-stalled") == 1)
         os.kill(dlq.runs(key)[0][1], signal.SIGKILL)
         time.sleep(0.5)
     finally:
-        broker.execute_command("CLIENT", "UNPAUSE")  # type: ignore[no-untyped-call]
-        broker.close()
+        if dlq.private is not None:
+            broker = dlq.private.client()
+            broker.execute_command("CLIENT", "UNPAUSE")  # type: ignore[no-untyped-call]
+            broker.close()
     wait_until(lambda: len(dlq.runs(key)) == 2, timeout=40)  # redelivered to a new pool process
     entry = dlq.entry(key)
     assert entry.reason == "permanent error"
     assert entry.source == "task"
     time.sleep(0.5)
     assert store.ids() == [key]  # once
+    assert [e.id for e in store.list()] == [key]
