@@ -410,3 +410,43 @@ def test_durations_for_purge() -> None:
     assert parse_duration("90") == 90
     with pytest.raises(Exception, match="duration"):
         parse_duration("soon")
+
+
+def test_kit_settings_turn_dead_letters_off_or_point_them_elsewhere(redis_url: str) -> None:
+    from celery_kit.settings import KitSettings
+
+    assert KitSettings(broker_url=redis_url).celery_config()["celery_kit_dead_letters"] is True
+    config = KitSettings(broker_url=redis_url, dead_letters=False).celery_config()
+    assert config["celery_kit_dead_letters"] is False
+    other = "redis://:pw@other:6379/3"
+    app = Celery("shop", set_as_current=False)
+    app.config_from_object(
+        KitSettings(broker_url="amqp://guest@localhost//", dead_letter_url=other).celery_config()
+    )
+    assert (store_config(app).backend, store_config(app).url) == ("redis", other)
+
+
+@pytest.mark.parametrize(
+    ("options", "kind", "detail", "redelivered"),
+    [
+        ({"acks_late": False}, "worker_lost", None, False),
+        ({"acks_late": True, "reject_on_worker_lost": True}, "worker_lost", None, True),
+        ({"acks_late": True, "reject_on_worker_lost": False}, "worker_lost", None, False),
+        ({"acks_late": True}, "timeout", "hard", False),
+        ({"acks_late": True, "acks_on_failure_or_timeout": False}, "timeout", "hard", True),
+    ],
+)
+def test_a_main_process_failure_is_kept_only_when_it_will_not_come_back(
+    unique: str, options: dict[str, Any], kind: str, detail: str | None, redelivered: bool
+) -> None:
+    from celery_kit import FailureKind, TaskEvent
+    from celery_kit._events import EventType
+    from celery_kit.deadletter._capture import _redelivered
+
+    app = Celery(f"r-{unique}", set_as_current=False)
+
+    @app.task(name="shop.t", shared=False, **options)  # type: ignore[untyped-decorator]
+    def t() -> None: ...
+
+    event = TaskEvent(EventType.FAILED, "shop.t", "id", kind=FailureKind(kind), final=True, detail=detail)
+    assert _redelivered(app.tasks["shop.t"], event) is redelivered

@@ -186,8 +186,11 @@ def _redelivered(task: Any, event: TaskEvent) -> bool:
         return bool(getattr(task, "retry_on_worker_lost", False)) and (
             max_retries is None or event.retries < max_retries
         )
-    acks_on_timeout = getattr(task, "acks_on_timeout", getattr(task, "acks_on_failure_or_timeout", True))
-    return not acks_on_timeout
+    # A hard time limit: Celery 5.7 reads acks_on_timeout, older ones acks_on_failure_or_timeout.
+    acks_on_timeout = getattr(task, "acks_on_timeout", None)
+    if acks_on_timeout is None:
+        acks_on_timeout = getattr(task, "acks_on_failure_or_timeout", None)
+    return acks_on_timeout is not None and not acks_on_timeout
 
 
 class DeadLetterObserver(Observer):
@@ -235,7 +238,9 @@ class DeadLetterObserver(Observer):
         self.write(entry)
 
     def on_started(self, event: TaskEvent) -> None:
-        if event.request is not None and request_value(event.request, REPLAYED_FROM_HEADER) is not None:
+        request = event.request
+        # The replayed message's first attempt only: a retry of it carries the header too.
+        if request is not None and not event.retries and request_value(request, REPLAYED_FROM_HEADER):
             metrics = metrics_for(self.app)
             if metrics is not None:
                 metrics.replayed.labels(event.task_name).inc()
