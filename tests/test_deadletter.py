@@ -450,3 +450,52 @@ def test_a_main_process_failure_is_kept_only_when_it_will_not_come_back(
 
     event = TaskEvent(EventType.FAILED, "shop.t", "id", kind=FailureKind(kind), final=True, detail=detail)
     assert _redelivered(app.tasks["shop.t"], event) is redelivered
+
+
+def test_the_command_line_prints_one_json_document_per_command(broker_app: Celery) -> None:
+    from click.testing import CliRunner
+
+    from celery_kit.cli import kit
+
+    @validated_task(broker_app, name="shop.ship", shared=False)
+    def ship(order_id: int, api_key: str) -> None: ...
+
+    class Context:
+        app = broker_app
+
+    def run(*args: str) -> Any:
+        out = CliRunner().invoke(kit, ["dlq", *args], obj=Context())
+        return out.exit_code, out.output
+
+    ids = [str(uuid.uuid4()) for _ in range(3)]
+    with DeadLetterStore.for_app(broker_app) as store:
+        for task_id in ids:
+            store.put(_failed_message(broker_app, "shop.ship", {"order_id": 7, "api_key": SECRET}, task_id))
+    code, text = run("stats", "--json")
+    assert code == 0
+    assert json.loads(text)["by_task"] == {"shop.ship": 3}
+    code, text = run("list", "--task", "shop.ship")
+    assert code == 0
+    assert "3 dead letter(s) of shop.ship" in text
+    assert SECRET not in text
+    code, text = run("show", "nope")
+    assert code == 1
+    assert "no dead letter 'nope'" in text
+    code, text = run("replay")
+    assert code == 2  # usage: ids or --all
+    code, text = run("replay", ids[0], "--json")
+    assert code == 0
+    assert json.loads(text)["replayed"] == [ids[0]]
+    code, text = run("purge", ids[1], "missing", "--json")
+    assert code == 1  # one of them was not there
+    assert json.loads(text) == {"purged": 1}
+    code, text = run("purge", "--older-than", "7d")
+    assert code == 0
+    assert "0 dead letter(s) purged" in text
+    code, text = run("replay", "--all", "--task", "shop.ship")
+    assert code == 0
+    assert f"replayed {ids[2]}" in text
+    code, text = run("purge", "--all")
+    assert code == 0
+    assert "0 dead letter(s) purged" in text
+    assert sorted(m.headers["id"] for m in _drain(broker_app)) == sorted([ids[0], ids[2]])
