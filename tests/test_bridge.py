@@ -24,15 +24,11 @@ from celery_kit import (
     dispatcher_for,
     validated_task,
 )
-from celery_kit._bridge import (
-    PUBLISHED_AT_HEADER,
-    MessageGuard,
-    _add_message_guard,
-    _queue_wait,
-    envelope_problem,
-    report_rejected_message,
-)
+from celery_kit._bridge import PUBLISHED_AT_HEADER, _queue_wait
+from celery_kit._envelope import envelope_problem
 from celery_kit._events import RejectReason
+from celery_kit._guard import MessageGuard, report_rejected_message
+from celery_kit._lifecycle import _on_worker_init
 
 
 @pytest.fixture
@@ -431,10 +427,10 @@ def test_unobserved_apps_get_no_events_and_no_guard(app: Celery) -> None:
         def __init__(self, app: Celery) -> None:
             self.app = app
 
-    _add_message_guard(sender=Worker(app))  # the worker_init receiver
+    _on_worker_init(sender=Worker(app))  # the worker_init receiver
     assert MessageGuard not in app.steps["consumer"]
     dispatcher_for(app)
-    _add_message_guard(sender=Worker(app))
+    _on_worker_init(sender=Worker(app))
     assert MessageGuard in app.steps["consumer"]
 
 

@@ -499,3 +499,16 @@ def test_the_command_line_prints_one_json_document_per_command(broker_app: Celer
     assert code == 0
     assert "0 dead letter(s) purged" in text
     assert sorted(m.headers["id"] for m in _drain(broker_app)) == sorted([ids[0], ids[2]])
+
+
+def test_uninstrument_takes_the_capture_off_the_app(unique: str, redis_url: str) -> None:
+    from celery_kit import uninstrument
+
+    app = Celery(f"u-{unique}", broker=redis_url, set_as_current=False)
+    instrument(app, logging=False, metrics=False, alerts=None, health=False, dead_letters=True)
+    assert app._celery_kit_keep_rejected is not None
+    uninstrument(app)
+    assert getattr(app, "_celery_kit_keep_rejected", None) is None
+    dispatcher = getattr(app, "_celery_kit_dispatcher", None)
+    observers = dispatcher.observers if dispatcher is not None else ()
+    assert not any(isinstance(o, DeadLetterObserver) for o in observers)

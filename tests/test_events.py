@@ -75,7 +75,7 @@ def test_task_events_are_frozen_dataclasses() -> None:
 def test_request_values_never_raise() -> None:
     from celery.app.task import Context
 
-    from celery_kit._events import request_value
+    from celery_kit._bridge import request_value
 
     request = Context(id="x", celery_kit_context={"request_id": "r"})
     assert request_value(request, "celery_kit_context") == {"request_id": "r"}

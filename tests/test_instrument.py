@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
+import textwrap
 
 import pytest
 from celery import Celery
@@ -74,3 +77,178 @@ def test_the_check_only_runs_for_its_own_app(app: Celery) -> None:
         logger.removeHandler(handler)
         logger.setLevel(level)
     assert [r.getMessage() for r in records if "pickle" in r.getMessage()] == []
+
+
+def _run(script: str) -> subprocess.CompletedProcess[str]:
+    """``script`` in a fresh interpreter: process-wide state is what is under test."""
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(script)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+_SIGNALS_CONNECTED = """
+    from celery import signals
+    from celery.utils.dispatch import Signal
+
+    def connected():
+        return sorted(
+            name for name in dir(signals)
+            if isinstance(getattr(signals, name), Signal) and getattr(signals, name).receivers
+        )
+"""
+
+
+def test_importing_the_kit_connects_nothing_and_changes_no_logger() -> None:
+    result = _run(
+        _SIGNALS_CONNECTED
+        + """
+    import atexit, logging, os
+    before = {n: logging.getLogger(n).level for n in ("celery.app.trace", "celery.worker.strategy")}
+    import celery_kit, celery_kit.logging, celery_kit.metrics, celery_kit.alerts, celery_kit.health
+    import celery_kit.presets, celery_kit.testing
+    for name in celery_kit.__all__:
+        getattr(celery_kit, name)
+    after = {n: logging.getLogger(n).level for n in before}
+    assert connected() == [], connected()
+    assert after == before, after
+    assert not logging.getLogger().handlers
+    print("ok")
+    """
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"
+
+
+def test_a_producer_at_warning_writes_nothing() -> None:
+    """An instrumented producer logs through the standard library: a script configured at
+    WARNING writes nothing, to stdout above all (a CLI's stdout may be a pipe it reads)."""
+    result = _run(
+        """
+    import logging
+    logging.basicConfig(level=logging.WARNING)
+    from celery import Celery
+    from celery_kit import instrument, validated_task
+
+    app = Celery("producer", broker="memory://localhost/", backend="cache+memory://")
+    instrument(app, metrics=False, alerts=None, health=False)
+
+    @validated_task(app, time_limit=10)
+    def add(x: int, y: int) -> int:
+        return x + y
+
+    add.delay(1, 2)
+    assert add.apply((2, 3)).get() == 5
+    """
+    )
+    assert result.returncode == 0, result.stderr
+    assert (result.stdout, result.stderr) == ("", "")
+
+
+def test_a_producer_at_info_logs_through_the_standard_library() -> None:
+    result = _run(
+        """
+    import logging, sys
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(name)s|%(message)s|%(task_name)s")
+    from celery import Celery
+    from celery_kit import instrument, validated_task
+
+    app = Celery("producer", broker="memory://localhost/")
+    instrument(app, metrics=False, alerts=None, health=False)
+
+    @validated_task(app, name="p.add", time_limit=10)
+    def add(x: int, y: int) -> int:
+        return x + y
+
+    add.delay(1, 2)
+    """
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == ""
+    assert "celery_kit.tasks|task enqueued|p.add" in result.stderr.splitlines()
+
+
+def test_uninstrument_undoes_instrument() -> None:
+    result = _run(
+        _SIGNALS_CONNECTED
+        + """
+    from celery import Celery
+    from celery_kit import Observer, instrument, uninstrument, validated_task
+    from celery_kit._metrics_worker import MetricsServer
+    from celery_kit.health import Heartbeat
+
+    seen = []
+
+    class Seen(Observer):
+        def on_succeeded(self, event):
+            seen.append(event.task_name)
+
+    app = Celery("a", broker="memory://", backend="cache+memory://")
+    other = Celery("b", broker="memory://", backend="cache+memory://")
+
+    @validated_task(app, name="a.ok", time_limit=10)
+    def ok() -> None: ...
+
+    instrument(app, observers=[Seen()], metrics_port=0, alerts=None)
+    instrument(other, logging=False, metrics=False, alerts=None, health=False)
+    assert "setup_logging" in connected() and "task_postrun" in connected()
+    assert MetricsServer in app.steps["worker"] and Heartbeat in app.steps["consumer"]
+    ok.apply()
+    assert seen == ["a.ok"]
+
+    uninstrument(app)
+    ok.apply()
+    assert seen == ["a.ok"], seen  # no more events for the app
+    assert MetricsServer not in app.steps["worker"] and Heartbeat not in app.steps["consumer"]
+    assert "setup_logging" not in connected()  # no app logs any more: Celery's own logging
+    assert "task_postrun" in connected()  # the other app is still observed
+    uninstrument(other)
+    assert connected() == [], connected()
+    uninstrument(other)  # idempotent
+
+    again = instrument(app, logging=False, metrics=False, alerts=None, health=False, observers=[Seen()])
+    ok.apply()
+    assert seen == ["a.ok", "a.ok"]
+    print("ok")
+    """
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"
+
+
+def test_apps_are_isolated(app: Celery) -> None:
+    """Observers, options and dispatchers are per app: what one app gets, another never sees."""
+    from celery_kit import Observer, TaskEvent, uninstrument, validated_task
+
+    class Names(Observer):
+        def __init__(self) -> None:
+            self.names: list[str] = []
+
+        def on_succeeded(self, event: TaskEvent) -> None:
+            self.names.append(event.task_name)
+
+    other = Celery("isolated-b", broker="memory://", backend="cache+memory://", set_as_current=False)
+    mine, theirs = Names(), Names()
+    first = instrument(app, logging=False, metrics=False, alerts=None, health=False, observers=[mine])
+    second = instrument(other, metrics=False, alerts=None, health=False, observers=[theirs], json_logs=True)
+    try:
+
+        @validated_task(app, shared=False, name="iso.a")
+        def a() -> None: ...
+
+        @validated_task(other, shared=False, name="iso.b")
+        def b() -> None: ...
+
+        a.apply()
+        b.apply()
+        assert (mine.names, theirs.names) == (["iso.a"], ["iso.b"])
+        assert dispatcher_for(app) is not dispatcher_for(other)
+        assert first.options["json_logs"] is None  # the second app's choice is its own
+        assert second.log_observer is not None
+        assert first.log_observer is None
+    finally:
+        uninstrument(other)
+        uninstrument(app)

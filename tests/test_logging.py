@@ -13,15 +13,10 @@ import structlog
 from celery import Celery
 from pydantic import BaseModel, SecretStr
 
-from celery_kit import PermanentError, dispatcher_for, validated_task
-from celery_kit.logging import (
-    CONTEXT_HEADER,
-    LoggingObserver,
-    _inject_context,
-    _safe_context,
-    configure_logging,
-    propagate_context,
-)
+from celery_kit import PermanentError, dispatcher_for, instrument, uninstrument, validated_task
+from celery_kit._context import CONTEXT_HEADER, ContextPropagation
+from celery_kit._log_observer import LoggingObserver
+from celery_kit.logging import configure_logging, json_dumps, propagate_context
 
 
 def lines(stream: io.StringIO) -> list[dict[str, Any]]:
@@ -132,17 +127,41 @@ def test_celerys_own_lines_carry_the_task_context(app: Celery, stream: io.String
     assert any(line["logger"] == "celery.app.trace" and line["task_id"] == "t-2" for line in lines(stream))
 
 
-def test_instrument_silences_celerys_duplicate_success_line(app: Celery, stream: io.StringIO) -> None:
-    from celery_kit import instrument
-
+def test_instrument_leaves_a_producers_loggers_alone(app: Celery) -> None:
+    """Quieting Celery's per-task lines is a worker-only change (the kit's lines replace
+    them there); a web producer's logging configuration is its own."""
     loggers = [logging.getLogger(name) for name in ("celery.app.trace", "celery.worker.strategy")]
     levels = [logger.level for logger in loggers]
+    instrument(app, metrics=False, alerts=None, health=False)
     try:
-        instrument(app, metrics=False, alerts=None)
+        assert [logger.level for logger in loggers] == levels
+    finally:
+        uninstrument(app)
+
+
+def test_a_workers_take_over_quiets_celerys_duplicate_lines() -> None:
+    from celery_kit._worker_logging import QUIETED_LOGGERS, take_over
+
+    loggers = [logging.getLogger(name) for name in QUIETED_LOGGERS]
+    levels = [logger.level for logger in loggers]
+    out = io.StringIO()
+    observer = LoggingObserver()
+    try:
+        take_over([observer], json=True, loglevel="INFO")
         assert [logger.getEffectiveLevel() for logger in loggers] == [logging.WARNING] * 2
     finally:
         for logger, level in zip(loggers, levels, strict=True):
             logger.setLevel(level)
+        _remove_kit_handlers()
+        structlog.reset_defaults()
+        logging.captureWarnings(False)
+    del out
+
+
+def _remove_kit_handlers() -> None:
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if getattr(h, "_celery_kit_handler", False)]:
+        root.removeHandler(handler)
 
 
 def test_failures_and_retries_carry_their_classification(app: Celery, stream: io.StringIO) -> None:
@@ -178,11 +197,11 @@ def test_payload_is_logged_only_on_opt_in_and_secrets_stay_masked(app: Celery, s
 
 
 def test_only_allowlisted_json_safe_context_is_propagated() -> None:
-    propagate_context(["request_id", "correlation_id", "tenant"])
+    propagation = ContextPropagation(["request_id", "correlation_id", "tenant"])
     try:
         structlog.contextvars.bind_contextvars(request_id="r-9", tenant={"nested": 1}, secret="x")
         headers: dict[str, Any] = {}
-        _inject_context(headers=headers)
+        propagation.stamp_headers(headers)
         context = headers[CONTEXT_HEADER]
         assert context["request_id"] == "r-9"
         assert "secret" not in context
@@ -190,61 +209,85 @@ def test_only_allowlisted_json_safe_context_is_propagated() -> None:
         assert len(context["correlation_id"]) == 32  # generated when the producer had none
     finally:
         structlog.contextvars.clear_contextvars()
-        propagate_context()
 
 
 def test_hostile_context_headers_are_sanitised() -> None:
-    assert _safe_context("not a dict") == {}
-    assert _safe_context({"request_id": ["x"], "other": "y"}) == {}
-    assert _safe_context({"request_id": "x" * 10_000})["request_id"] == "x" * 256
+    safe = ContextPropagation().safe
+    assert safe("not a dict") == {}
+    assert safe({"request_id": ["x"], "other": "y"}) == {}
+    assert safe({"request_id": "x" * 10_000})["request_id"] == "x" * 256
 
 
-def test_lifecycle_lines_render_what_the_structlog_chain_renders() -> None:
-    """The direct writer is a faster spelling of structlog's own chain, not another format."""
+def test_each_app_propagates_its_own_keys(app: Celery) -> None:
+    """A second app's log_context never changes the first's (they were module globals)."""
+    other = Celery("other", broker="memory://", set_as_current=False)
+    first = instrument(app, metrics=False, alerts=None, health=False)
+    second = instrument(other, metrics=False, alerts=None, health=False, log_context=("tenant",))
+    try:
+        assert first.context is not None
+        assert second.context is not None
+        assert first.context.keys == {"request_id", "correlation_id"}
+        assert second.context.keys == {"tenant"}
+        propagate_context(["request_id", "trace"])  # the default: only apps that chose none
+        assert first.context.keys == {"request_id", "trace"}
+        assert second.context.keys == {"tenant"}
+        propagate_context(["x"], app=other)
+        assert first.context.keys == {"request_id", "trace"}
+        assert second.context.keys == {"x"}
+    finally:
+        propagate_context()
+        uninstrument(other)
+        uninstrument(app)
+
+
+def test_worker_lines_are_structlogs_production_chain(app: Celery) -> None:
+    """In a worker the lifecycle lines come from structlog's own logger (no copies of its
+    internals), in the same JSON shape as the standard library's records."""
     import re
 
-    from celery_kit import logging as kit_logging
+    from celery_kit._worker_logging import QUIETED_LOGGERS, take_over
 
-    ours, theirs = io.StringIO(), io.StringIO()
-    configure_logging(json=True, level="INFO", stream=ours)
-    reference = structlog.wrap_logger(
-        structlog.WriteLogger(theirs),
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            lambda _, __, event_dict: {**event_dict, "logger": "celery_kit.tasks"},
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.dict_tracebacks,
-            structlog.processors.JSONRenderer(),
-        ],
-        wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
-    )
+    levels = [logging.getLogger(name).level for name in QUIETED_LOGGERS]
+    out = io.StringIO()
+    observer = LoggingObserver()
+    dispatcher_for(app).subscribe(observer)
 
-    class Custom:
-        def __repr__(self) -> str:
-            return "<custom>"
+    @validated_task(app, shared=False, name="l.worker")
+    def work(n: int) -> int:
+        logging.getLogger("celery.app.trace").error("from celery")
+        return n
 
+    class Stderr(io.StringIO):
+        pass
+
+    import sys as _sys
+
+    saved = _sys.stderr
+    _sys.stderr = out
     try:
-        structlog.contextvars.bind_contextvars(request_id="r-1", odd=Custom(), text="é\n")
-        for logger in (kit_logging.log, reference):
-            logger.info("task started", queue_wait_seconds=None)
-            logger.warning("task retrying", delay_seconds=1.5, reason="x")
-            logger.log(logging.ERROR, "task failed", exc_info=ValueError("boom"), final=True)
-            logger.debug("never written")
+        take_over([observer], json=True, loglevel="INFO")
+        work.apply((1,), task_id="w-1")
+        logging.getLogger("celery_kit.tasks").debug("never written")
     finally:
-        structlog.contextvars.clear_contextvars()
-        root = logging.getLogger()
-        for handler in [h for h in root.handlers if getattr(h, "_celery_kit_handler", False)]:
-            root.removeHandler(handler)
+        _sys.stderr = saved
+        for name, level in zip(QUIETED_LOGGERS, levels, strict=True):
+            logging.getLogger(name).setLevel(level)
+        _remove_kit_handlers()
         structlog.reset_defaults()
-    got, want = lines(ours), lines(theirs)
-    assert len(got) == len(want) == 3
+        logging.captureWarnings(False)
+        dispatcher_for(app).unsubscribe(observer)
+    got = lines(out)
+    assert [line["event"] for line in got] == ["task started", "from celery", "task succeeded"]
+    started, celery_line, succeeded = got
+    assert started["logger"] == succeeded["logger"] == "celery_kit.tasks"
+    assert celery_line["logger"] == "celery.app.trace"
     iso = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{6})?Z$")
-    for mine, reference_line in zip(got, want, strict=True):
-        assert iso.match(mine.pop("timestamp"))
-        assert iso.match(reference_line.pop("timestamp"))
-        assert mine == reference_line
-    assert got[2]["exception"][0]["exc_type"] == "ValueError"
+    for line in got:
+        assert iso.match(line["timestamp"]), line
+        assert line["task_id"] == "w-1"  # the bound context, merged into every line
+    assert (started["level"], celery_line["level"]) == ("info", "error")
+    assert isinstance(succeeded["duration_seconds"], float)
+    assert isinstance(observer.lines, structlog.typing.BindableLogger) or hasattr(observer.lines, "bind")
 
 
 def test_json_lines_are_written_whatever_the_content() -> None:
@@ -253,13 +296,11 @@ def test_json_lines_are_written_whatever_the_content() -> None:
     import importlib.util
     import platform
 
-    from celery_kit import logging as kit_logging
-
     class Custom:
         def __repr__(self) -> str:
             return "<custom>"
 
-    render = kit_logging._JSONRenderer()
+    render = structlog.processors.JSONRenderer(serializer=json_dumps)
     cases: list[tuple[dict[str, Any], str, Any]] = [
         ({"event": "x", "text": 'é\n"q"'}, "text", 'é\n"q"'),
         ({"event": "x", "big": 2**70}, "big", 2**70),  # beyond orjson's 64 bits
@@ -269,67 +310,32 @@ def test_json_lines_are_written_whatever_the_content() -> None:
     ]
     for event_dict, key, expected in cases:
         line = render(None, "info", event_dict)
+        assert isinstance(line, str)
         assert "\n" not in line
         assert json.loads(line)[key] == expected
     if platform.python_implementation() == "CPython":
         assert importlib.util.find_spec("orjson") is not None, "orjson is a dependency on CPython"
         assert json.loads(render(None, "info", {"v": float("nan")})) == {"v": None}  # standard JSON
-    assert render.render_standard({"v": float("nan")}) == '{"v": NaN}'
-
-
-def test_task_context_binding_matches_structlogs_bind_and_clear() -> None:
-    from celery_kit.logging import _bind_task_context, _clear_contextvars
-
-    try:
-        structlog.contextvars.bind_contextvars(leftover="x")
-        _clear_contextvars()
-        assert structlog.contextvars.get_contextvars() == {}
-        for task_id in ("t-1", "t-2"):  # the second call takes the cached path
-            _bind_task_context(task_id, "name", "q", 0, None, task_id)
-            assert structlog.contextvars.get_contextvars() == {
-                "task_id": task_id,
-                "task_name": "name",
-                "queue": "q",
-                "retries": 0,
-                "parent_id": None,
-                "root_id": task_id,
-            }
-        _clear_contextvars()
-        assert structlog.contextvars.get_contextvars() == {}
-    finally:
-        structlog.contextvars.clear_contextvars()
-
-
-def test_timestamps_have_the_iso_format_of_structlogs_stamper(monkeypatch: pytest.MonkeyPatch) -> None:
-    from celery_kit.logging import _UTCTimestamp
-
-    stamp = _UTCTimestamp()
-    monkeypatch.setattr("time.time_ns", lambda: 1_700_000_000_000_000_000)
-    assert stamp(None, "info", {})["timestamp"] == "2023-11-14T22:13:20Z"  # isoformat drops a zero fraction
-    monkeypatch.setattr("time.time_ns", lambda: 1_700_000_000_123_456_789)
-    assert stamp(None, "info", {})["timestamp"] == "2023-11-14T22:13:20.123456Z"
-    monkeypatch.setattr("time.time_ns", lambda: 1_700_000_001_000_001_000)
-    assert stamp(None, "info", {})["timestamp"] == "2023-11-14T22:13:21.000001Z"
 
 
 def test_worker_logging_never_writes_into_a_redirected_stderr(monkeypatch: pytest.MonkeyPatch) -> None:
     """A second ``setup_logging`` after Celery redirected stderr into logging (a forked pool
     process) must not point the handler at that proxy: every line would loop back."""
-    from celery import signals
     from celery.utils.log import LoggingProxy
 
-    from celery_kit.logging import _configure_worker_logging
+    from celery_kit._worker_logging import QUIETED_LOGGERS, take_over
 
+    levels = [logging.getLogger(name).level for name in QUIETED_LOGGERS]
     monkeypatch.setattr(sys, "stderr", LoggingProxy(logging.getLogger("celery.redirected")))
     root = logging.getLogger()
-    _configure_worker_logging(loglevel="INFO")
+    take_over([LoggingObserver()], json=True, loglevel="INFO")
     try:
         (handler,) = [h for h in root.handlers if getattr(h, "_celery_kit_handler", False)]
         assert isinstance(handler, logging.StreamHandler)
         assert handler.stream is sys.__stderr__
     finally:
-        for installed in [h for h in root.handlers if getattr(h, "_celery_kit_handler", False)]:
-            root.removeHandler(installed)
+        for name, level in zip(QUIETED_LOGGERS, levels, strict=True):
+            logging.getLogger(name).setLevel(level)
+        _remove_kit_handlers()
         structlog.reset_defaults()
         logging.captureWarnings(False)
-        signals.celeryd_after_setup.disconnect(dispatch_uid="celery_kit.banner")

@@ -10,7 +10,8 @@ from pydantic import ValidationError
 
 from celery_kit import PermanentError, RetryPolicy, TaskEvent, dispatcher_for, validated_task
 from celery_kit._events import EventType
-from celery_kit.metrics import MAX_EXCEPTION_LABELS, MetricsObserver, TaskMetrics, _routed_tasks
+from celery_kit._metrics_worker import _routed_tasks
+from celery_kit.metrics import MAX_EXCEPTION_LABELS, MetricsObserver, TaskMetrics
 
 
 @pytest.fixture

@@ -14,7 +14,8 @@ from pathlib import Path
 SCRIPT = textwrap.dedent(
     """
     import multiprocessing, os, sys, threading
-    from celery_kit.metrics import TaskMetrics, MetricsSetup, prepare_multiprocess_dir
+    from celery_kit.metrics import TaskMetrics
+    from celery_kit._metrics_worker import MetricsSetup, prepare_multiprocess_dir
 
     base = sys.argv[1]
     setup = MetricsSetup(None, port=0, host="127.0.0.1", prefix="mp", registry=None,
@@ -77,7 +78,8 @@ def test_sums_are_exact_and_dead_processes_vanish_from_live_gauges(tmp_path: Pat
 LAST_SUCCESS_SCRIPT = textwrap.dedent(
     """
     import multiprocessing, os, sys
-    from celery_kit.metrics import TaskMetrics, MetricsSetup, prepare_multiprocess_dir
+    from celery_kit.metrics import TaskMetrics
+    from celery_kit._metrics_worker import MetricsSetup, prepare_multiprocess_dir
 
     base = sys.argv[1]
     setup = MetricsSetup(None, port=0, host="127.0.0.1", prefix="ls", registry=None,

@@ -18,11 +18,11 @@ from click.testing import CliRunner
 from pydantic import BaseModel, SecretStr
 
 from celery_kit import dispatcher_for, validated_task
+from celery_kit._log_observer import LoggingObserver
 from celery_kit._redact import MASK, is_secret_name, redact, redact_schema
 from celery_kit.alerts import Alert, AlertDelivery, AlertObserver, CallbackSink, LocalThrottle
 from celery_kit.alerts import redact as alerts_redact
 from celery_kit.cli import kit
-from celery_kit.logging import LoggingObserver
 
 celery_cli.add_command(kit)  # what the entry point does when celery_kit is installed
 

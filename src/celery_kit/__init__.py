@@ -3,9 +3,11 @@
 Validated payloads in the caller and on the worker, retry policies on tenacity's wait
 strategies, soft-timeout cleanup hooks and one classified event path for observers.
 
-The public names are loaded on first use (PEP 562), all at once, together with the
-signal receivers: ``python -m celery_kit.health`` imports this package before the probe,
-and a probe that imported Celery, kombu and pydantic would cost half a second of CPU.
+The public names are loaded on first use (PEP 562), all at once: ``python -m
+celery_kit.health`` imports this package before the probe, and a probe that imported
+Celery, kombu and pydantic would cost half a second of CPU. Importing connects no signal
+and changes no logger: the kit connects its receivers when the first app is
+instrumented (:func:`instrument`), and :func:`uninstrument` disconnects them.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
+    from ._bridge import dispatcher_for
+    from ._dispatch import Dispatcher
     from ._errors import (
         CeleryKitError,
         ChainPayloadError,
@@ -26,26 +30,19 @@ if TYPE_CHECKING:
         PayloadValidationError,
         PermanentError,
     )
-    from ._events import Dispatcher, EventType, FailureKind, RejectReason, TaskEvent, dispatcher_for
-    from ._instrument import Instrumentation, instrument
+    from ._events import EventType, FailureKind, RejectReason, TaskEvent
+    from ._instrument import Instrumentation, instrument, uninstrument
     from ._observer import Observer
     from ._payload import ArgumentsError
     from ._retry import RetryPolicy
-    from ._task import (
-        DEFAULT_MAX_PAYLOAD_BYTES,
-        FIRST_ATTEMPT_HEADER,
-        MAX_PAYLOAD_SETTING,
-        ValidatedTask,
-        validated_task,
-    )
+    from ._task import ValidatedTask, validated_task
     from ._unique import Unique
 
 __version__ = "0.1.0"
 
+#: What docs/api.md documents. ``DEFAULT_MAX_PAYLOAD_BYTES``, ``MAX_PAYLOAD_SETTING`` and
+#: ``FIRST_ATTEMPT_HEADER`` stay importable, for settings and tests, without being API.
 __all__ = [
-    "DEFAULT_MAX_PAYLOAD_BYTES",
-    "FIRST_ATTEMPT_HEADER",
-    "MAX_PAYLOAD_SETTING",
     "ArgumentsError",
     "CeleryKitError",
     "ChainPayloadError",
@@ -68,6 +65,7 @@ __all__ = [
     "__version__",
     "dispatcher_for",
     "instrument",
+    "uninstrument",
     "validated_task",
 ]
 
@@ -82,14 +80,15 @@ _EXPORTS = {
     "PayloadTooLargeError": "._errors",
     "PayloadValidationError": "._errors",
     "PermanentError": "._errors",
-    "Dispatcher": "._events",
+    "Dispatcher": "._dispatch",
     "EventType": "._events",
     "FailureKind": "._events",
     "RejectReason": "._events",
     "TaskEvent": "._events",
-    "dispatcher_for": "._events",
+    "dispatcher_for": "._bridge",
     "Instrumentation": "._instrument",
     "instrument": "._instrument",
+    "uninstrument": "._instrument",
     "Observer": "._observer",
     "RetryPolicy": "._retry",
     "DEFAULT_MAX_PAYLOAD_BYTES": "._task",
@@ -109,6 +108,7 @@ _REHOMED = (
     "TaskEvent",
     "dispatcher_for",
     "instrument",
+    "uninstrument",
     "validated_task",
 )
 
@@ -116,7 +116,6 @@ _REHOMED = (
 def _load() -> None:
     from importlib import import_module
 
-    import_module("._bridge", __name__)  # connects the signal receivers
     namespace = globals()
     for name, module in _EXPORTS.items():
         namespace[name] = getattr(import_module(module, __name__), name)

@@ -1,11 +1,14 @@
 """Celery signals in, classified :class:`~celery_kit.TaskEvent` objects out.
 
-The receivers are connected once: at import, except the two that run for every
-attempt, which wait for the first observer (:func:`connect_task_receivers`); for apps
-nobody observes they cost a couple of attribute lookups. Each turns one Celery signal
+The bridge is the only part of the kit that connects Celery signals, and it connects
+them when the first app gets a dispatcher (``instrument(app)``, or
+:func:`dispatcher_for`), not at import; :func:`disconnect` undoes it when the last app
+is uninstrumented. Every receiver is a module-level function that looks the app up
+(apps are held weakly), so no receiver keeps an app alive. Each turns one Celery signal
 into at most one event on the task's app dispatcher, enriched with what a kit task
-decided about a failure (kept on the request as a
-:class:`~celery_kit._events.Classification`).
+decided about a failure (a :class:`~celery_kit._events.Classification`, kept on the
+request by the task class) and with everything observers read (payload, workflow ids,
+propagated context), so observers never read Celery's request themselves.
 
 Where each event comes from:
 
@@ -19,12 +22,11 @@ FAILED (hard)     ``task_failure`` with a hard time       worker main process
                   limit or a lost pool process
 REVOKED           ``task_revoked``                        worker main process
 MESSAGE_REJECTED  ``task_unknown``, ``task_rejected``,    worker main process
-                  Celery's decode-error callback
+                  the message guard (``_guard.py``)
 ================  ======================================  ===================
 
-Messages that never reach a task are reported through :class:`MessageGuard`, a consumer
-bootstep added to every observed app's worker: Celery sends no signal for a body it
-cannot decode, and a few malformed envelopes crash its consumer outright.
+Process hooks (worker, pool process, beat) and the worker's logging take-over are
+bridged in ``_lifecycle.py``; both are connected from here.
 """
 
 from __future__ import annotations
@@ -38,33 +40,29 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-from celery import bootsteps, signals, states
-from celery._state import get_current_app
-from celery.exceptions import InvalidTaskError, Retry, TimeLimitExceeded, WorkerLostError
-from kombu.exceptions import ContentDisallowed
-
-from ._envelope import envelope_problem
-from ._events import (
-    Classification,
-    Dispatcher,
-    EventType,
-    FailureKind,
-    RejectReason,
-    TaskEvent,
-    classify,
-    known_apps,
-    publishing_app,
-    request_value,
+from celery import current_app, signals, states
+from celery.exceptions import (
+    Retry,
+    SoftTimeLimitExceeded,
+    TimeLimitExceeded,
+    WorkerLostError,
 )
-from ._refusal import refuse, refused_task
+
+from . import _guard, _lifecycle
+from ._context import CONTEXT_HEADER
+from ._dispatch import Dispatcher, dispatcher_of, known_apps, publishing_app, register_app
+from ._errors import PayloadValidationError
+from ._events import Classification, EventType, FailureKind, TaskEvent
 
 __all__ = [
     "PUBLISHED_AT_HEADER",
-    "MessageGuard",
-    "connect_process_receivers",
-    "connect_task_receivers",
-    "envelope_problem",
-    "report_rejected_message",
+    "classify",
+    "connect",
+    "connect_logging",
+    "disconnect",
+    "dispatcher_for",
+    "report_main_process_failure",
+    "request_value",
 ]
 
 logger = logging.getLogger("celery_kit")
@@ -87,9 +85,44 @@ _PUBLISHED, _STARTED = EventType.PUBLISHED, EventType.STARTED
 _FAILED, _RETRYING = EventType.FAILED, EventType.RETRYING
 
 
-def _dispatcher_of_app(app: Any) -> Dispatcher | None:
-    dispatcher: Dispatcher | None = getattr(app, "_celery_kit_dispatcher", None)
-    return dispatcher if dispatcher is not None and dispatcher.observers else None
+def dispatcher_for(app: Any) -> Dispatcher:
+    """The dispatcher of ``app``, created on first use; the first one connects the bridge.
+
+    Subscribe an observer (or any callable taking a :class:`~celery_kit.TaskEvent`) to
+    it, or pass observers to :func:`celery_kit.instrument`, which does the same.
+    """
+    dispatcher = register_app(app)
+    connect()
+    return dispatcher
+
+
+def request_value(request: Any, name: str) -> Any:
+    """``getattr(request, name, None)`` for a message header or a mark the kit set.
+
+    Celery's request context keeps both in its instance dictionary. Most are absent
+    from most requests (no failure classified, no header on an eager call), and a
+    ``getattr`` that misses builds and discards an ``AttributeError`` -- on every
+    attempt.
+    """
+    try:
+        return request.__dict__.get(name)
+    except AttributeError:  # no instance dictionary: another kind of request object
+        return getattr(request, name, None)
+
+
+def classify(exc: BaseException) -> FailureKind:
+    """Classify an exception that did not pass through a kit task's own decision.
+
+    Used for failures seen from outside the task body: hard time limits and lost
+    pool processes reported by the worker's main process, and plain Celery tasks.
+    """
+    if isinstance(exc, PayloadValidationError):
+        return FailureKind.INVALID_PAYLOAD
+    if isinstance(exc, (SoftTimeLimitExceeded, TimeLimitExceeded)):
+        return FailureKind.TIMEOUT
+    if isinstance(exc, WorkerLostError):
+        return FailureKind.WORKER_LOST
+    return FailureKind.PERMANENT
 
 
 def _dispatcher(task: Any) -> Dispatcher | None:
@@ -97,7 +130,16 @@ def _dispatcher(task: Any) -> Dispatcher | None:
         app = task.app
     except AttributeError:
         return None
-    return _dispatcher_of_app(app)
+    return dispatcher_of(app)
+
+
+def _context_of(request: Any) -> dict[str, Any] | None:
+    raw = request_value(request, CONTEXT_HEADER)
+    return raw if isinstance(raw, dict) else None
+
+
+def _str_or_none(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
 
 
 def _queue_of(request: Any) -> str | None:
@@ -141,11 +183,11 @@ def _publishing_dispatcher() -> Dispatcher | None:
     """
     app = publishing_app.get()
     if app is not None:
-        return _dispatcher_of_app(app)
-    current = getattr(get_current_app(), "_celery_kit_dispatcher", None)
-    if current is not None and current.observers:
-        return current  # type: ignore[no-any-return]
-    candidates = [app._celery_kit_dispatcher for app in known_apps() if app._celery_kit_dispatcher.observers]
+        return dispatcher_of(app)
+    current = dispatcher_of(current_app)
+    if current is not None:
+        return current
+    candidates = [d for d in map(dispatcher_of, known_apps()) if d is not None]
     return candidates[0] if len(candidates) == 1 else None
 
 
@@ -159,7 +201,11 @@ def _on_before_publish(
         return
     headers[PUBLISHED_AT_HEADER] = time.time()
     dispatcher = _publishing_dispatcher()
-    if dispatcher is not None and dispatcher.wants(_PUBLISHED):
+    if dispatcher is None:
+        return
+    for stamp in dispatcher.stampers:
+        stamp(headers)
+    if dispatcher.wants(_PUBLISHED):
         name = headers.get("task") or sender or "unknown"
         dispatcher.emit(TaskEvent(_PUBLISHED, name, headers.get("id"), queue=routing_key or None))
 
@@ -196,6 +242,11 @@ def _on_prerun(task_id: str | None = None, task: Any = None, **_: Any) -> None:
             queue_wait=_queue_wait(request, time.time()),
             request=request,
             task=task,
+            parent_id=_str_or_none(getattr(request, "parent_id", None)),
+            root_id=_str_or_none(getattr(request, "root_id", None)),
+            hostname=_str_or_none(getattr(request, "hostname", None)),
+            eager=bool(getattr(request, "is_eager", False)),
+            context=_context_of(request),
         )
     )
 
@@ -263,6 +314,11 @@ def _on_postrun(
             detail=detail,
             request=request,
             task=task,
+            payload=request_value(request, "_celery_kit_payload"),
+            parent_id=_str_or_none(getattr(request, "parent_id", None)),
+            root_id=_str_or_none(getattr(request, "root_id", None)),
+            hostname=_str_or_none(getattr(request, "hostname", None)),
+            eager=bool(getattr(request, "is_eager", False)),
         )
     )
 
@@ -308,6 +364,9 @@ def report_main_process_failure(
             detail=detail,
             request=request,
             task=task,
+            parent_id=_str_or_none(getattr(request, "parent_id", None)),
+            root_id=_str_or_none(getattr(request, "root_id", None)),
+            hostname=_str_or_none(getattr(request, "hostname", None)),
         )
     )
 
@@ -345,222 +404,64 @@ def _on_revoked(
             queue=_queue_of(request),
             request=request,
             task=sender,
+            parent_id=_str_or_none(getattr(request, "parent_id", None)),
+            root_id=_str_or_none(getattr(request, "root_id", None)),
+            hostname=_str_or_none(getattr(request, "hostname", None)),
         )
     )
 
 
-# -- messages that never reach a task -----------------------------------------------------------
+# -- connecting ---------------------------------------------------------------------------------
 
-#: Longest publisher-chosen text (task name, id, routing key, content type) an event carries.
-_MAX_TEXT = 200
+#: Every receiver the kit connects: (signal, receiver, dispatch uid).
+_RECEIVERS: tuple[tuple[Any, Callable[..., Any], str], ...] = (
+    (signals.before_task_publish, _on_before_publish, "before_publish"),
+    (signals.task_prerun, _on_prerun, "prerun"),
+    (signals.task_postrun, _on_postrun, "postrun"),
+    (signals.task_failure, _on_failure, "failure"),
+    (signals.task_revoked, _on_revoked, "revoked"),
+    (signals.task_rejected, _guard.on_task_rejected, "task_rejected"),
+    (signals.task_unknown, _guard.on_task_unknown, "task_unknown"),
+    *_lifecycle.RECEIVERS,
+)
+_connected = False
+_connect_lock = threading.Lock()
 
 
-def _clip(value: Any) -> str | None:
-    if value is None:
-        return None
-    text = value if isinstance(value, str) else repr(value)
-    return text if len(text) <= _MAX_TEXT else f"{text[:_MAX_TEXT]}..."
+def connect() -> None:
+    """Connect every receiver (idempotent): done when the first app gets a dispatcher.
 
-
-def report_rejected_message(
-    consumer: Any,
-    message: Any,
-    reason: RejectReason,
-    exception: BaseException | None,
-    *,
-    name: Any = None,
-    task_id: Any = None,
-) -> None:
-    """Emit the one ``MESSAGE_REJECTED`` event for a message the worker discarded.
-
-    Everything the event says about the message comes from whoever published it, so
-    each text is clipped, and the body is never read.
+    Celery sends a signal -- a lock, a scan of the receivers and a keyword dictionary
+    per receiver -- only while some receiver is connected, so a process that only
+    validates pays none of it.
     """
-    dispatcher = _dispatcher_of_app(getattr(consumer, "app", None))
-    if dispatcher is None:
+    global _connected
+    if _connected:
         return
-    headers = getattr(message, "headers", None)
-    if not isinstance(headers, dict):
-        headers = {}
-    info = getattr(message, "delivery_info", None) or {}
-    dispatcher.emit(
-        TaskEvent(
-            EventType.MESSAGE_REJECTED,
-            _clip(name if name is not None else headers.get("task")) or "unknown",
-            _clip(task_id if task_id is not None else headers.get("id")),
-            exception=exception,
-            reason=reason.value,
-            queue=_clip(info.get("routing_key") or info.get("exchange") or None),
-            detail=_clip(getattr(message, "content_type", None)),
-        )
-    )
+    with _connect_lock:
+        if not _connected:
+            for signal, receiver, uid in _RECEIVERS:
+                signal.connect(receiver, weak=False, dispatch_uid=f"celery_kit.{uid}")
+            _connected = True
 
 
-def _on_task_rejected(
-    sender: Any = None, message: Any = None, exc: BaseException | None = None, **_: Any
-) -> None:
-    """Celery rejected a message it could not read as a task (``on_invalid_task``,
-    ``on_unknown_message``), without requeueing it."""
-    if isinstance(exc, ContentDisallowed):
-        reason = RejectReason.CONTENT_TYPE
-    else:
-        reason = RejectReason.INVALID_MESSAGE
-        if exc is None:  # on_unknown_message says nothing more
-            exc = InvalidTaskError("not a task message: no 'task' header and no task named in the body")
-    report_rejected_message(sender, message, reason, exc)
+def disconnect() -> None:
+    """Disconnect every receiver: done when the last app is uninstrumented."""
+    global _connected
+    with _connect_lock:
+        for signal, receiver, uid in _RECEIVERS:
+            signal.disconnect(receiver, dispatch_uid=f"celery_kit.{uid}")
+        _attempts.clear()
+        _connected = False
+    connect_logging(False)
 
 
-def _on_task_unknown(
-    sender: Any = None, message: Any = None, exc: BaseException | None = None, name: Any = None, **kwargs: Any
-) -> None:
-    """Celery rejected a message naming a task this worker does not have."""
-    report_rejected_message(
-        sender, message, RejectReason.UNKNOWN_TASK, exc, name=name, task_id=kwargs.get("id")
-    )
-
-
-class MessageGuard(bootsteps.Step):  # type: ignore[misc]
-    """Consumer bootstep: no message crashes the worker; every refusal is reported once.
-
-    Sets callbacks of this one consumer instance (nothing global, nothing in Celery's
-    classes), the way Celery's own consumer bootsteps set consumer attributes:
-
-    * ``create_task_handler`` -- the handler it builds first checks the envelope
-      (:func:`~celery_kit._envelope.envelope_problem`) and refuses a message Celery would
-      crash on or be misled by, as an invalid message.
-    * ``on_decode_error``, ``on_invalid_task``, ``on_unknown_task``,
-      ``on_unknown_message`` -- Celery's four ways of refusing a message, replaced by
-      :func:`~celery_kit._refusal.refuse`: the same settling and signals, plus a
-      ``FAILURE`` result for the caller, and no message body in the log.
-
-    Added to the worker of every app that has a dispatcher (``instrument(app)``).
-    """
-
-    label = "celery_kit message guard"
-
-    def __init__(self, parent: Any, **kwargs: Any) -> None:
-        super().__init__(parent, **kwargs)
-        consumer = parent
-        create_task_handler: Callable[..., Callable[[Any], Any]] = consumer.create_task_handler
-
-        def on_decode_error(message: Any, exc: BaseException) -> None:
-            refuse(consumer, message, RejectReason.DECODE_ERROR, exc, f"the body cannot be decoded: {exc}")
-            report_rejected_message(consumer, message, RejectReason.DECODE_ERROR, exc)
-
-        def on_invalid_task(body: Any, message: Any, exc: BaseException) -> None:
-            if isinstance(exc, ContentDisallowed):
-                reason, detail = RejectReason.CONTENT_TYPE, f"the content type is refused: {exc}"
-            else:
-                reason, detail = RejectReason.INVALID_MESSAGE, str(exc)
-            refuse(consumer, message, reason, exc, detail)
-
-        def on_unknown_task(body: Any, message: Any, exc: BaseException) -> None:
-            name, _ = refused_task(message)
-            detail = (
-                f"no task named {_clip(name)} is registered on this worker (is its module "
-                "imported by the worker, and the message routed to the right queue?)"
-            )
-            refuse(consumer, message, RejectReason.UNKNOWN_TASK, exc, detail)
-
-        def on_unknown_message(body: Any, message: Any) -> None:
-            detail = "not a task message: no 'task' header and no task named in the body"
-            refuse(consumer, message, RejectReason.INVALID_MESSAGE, None, detail)
-
-        def guarded_task_handler(*args: Any, **kwargs: Any) -> Callable[[Any], Any]:
-            handler = create_task_handler(*args, **kwargs)
-            known_tasks = consumer.strategies  # updated in place on every reconnect
-
-            def on_task_received(message: Any) -> Any:
-                try:
-                    problem = envelope_problem(message, known_tasks)
-                except Exception as exc:  # a check that fails must not stop the consumer
-                    problem = f"the envelope could not be checked ({type(exc).__name__}: {exc})"
-                if problem is not None:
-                    return on_invalid_task(None, message, InvalidTaskError(problem))
-                return handler(message)
-
-            return on_task_received
-
-        # create_task_handler reads these four when the consumer starts, after this step.
-        consumer.on_decode_error = on_decode_error
-        consumer.on_invalid_task = on_invalid_task
-        consumer.on_unknown_task = on_unknown_task
-        consumer.on_unknown_message = on_unknown_message
-        consumer.create_task_handler = guarded_task_handler
-
-
-def _add_message_guard(sender: Any = None, **_: Any) -> None:
-    """At ``worker_init``, before the consumer exists: guard observed apps' consumers."""
-    app = getattr(sender, "app", None)
-    if app is not None and getattr(app, "_celery_kit_dispatcher", None) is not None:
-        app.steps["consumer"].add(MessageGuard)
-
-
-signals.before_task_publish.connect(_on_before_publish, weak=False, dispatch_uid="celery_kit.before_publish")
-signals.task_failure.connect(_on_failure, weak=False, dispatch_uid="celery_kit.failure")
-signals.task_revoked.connect(_on_revoked, weak=False, dispatch_uid="celery_kit.revoked")
-signals.task_rejected.connect(_on_task_rejected, weak=False, dispatch_uid="celery_kit.task_rejected")
-signals.task_unknown.connect(_on_task_unknown, weak=False, dispatch_uid="celery_kit.task_unknown")
-signals.worker_init.connect(_add_message_guard, weak=False, dispatch_uid="celery_kit.message_guard")
-
-
-def connect_task_receivers() -> None:
-    """Connect the per-attempt receivers (idempotent); done when an observer subscribes.
-
-    Celery sends ``task_prerun`` and ``task_postrun`` -- a lock, a scan of the receivers
-    and a keyword dictionary per receiver, twice per attempt -- only while some receiver
-    is connected, and checks on every attempt, so connecting late takes effect at once.
-    A process that only validates, or observes nothing, pays none of it.
-    """
-    signals.task_prerun.connect(_on_prerun, weak=False, dispatch_uid="celery_kit.prerun")
-    signals.task_postrun.connect(_on_postrun, weak=False, dispatch_uid="celery_kit.postrun")
-
-
-# -- process lifecycle ---------------------------------------------------------------------------
-
-
-def _process_observers(app: Any) -> tuple[Any, ...]:
-    dispatcher = _dispatcher_of_app(app)
-    if dispatcher is None:
-        return ()
-    return tuple(o for o in dispatcher.observers if getattr(o, "observes_processes", False))
-
-
-def _call_hooks(observers: tuple[Any, ...], hook: str, *args: Any) -> None:
-    for observer in observers:
-        try:
-            getattr(observer, hook)(*args)
-        except Exception:
-            logger.exception("celery_kit observer %r failed in %s", observer, hook)
-
-
-def _on_worker_init(sender: Any = None, **_: Any) -> None:
-    _call_hooks(_process_observers(getattr(sender, "app", None)), "on_worker_init", sender)
-
-
-def _on_beat_init(sender: Any = None, **_: Any) -> None:
-    _call_hooks(_process_observers(getattr(sender, "app", None)), "on_beat_init", sender)
-
-
-def _on_process_init(**_: Any) -> None:
-    # A pool process serves the one app its worker runs; the signal names none.
-    for app in known_apps():
-        _call_hooks(_process_observers(app), "on_process_init")
-
-
-def _on_process_shutdown(**_: Any) -> None:
-    for app in known_apps():
-        _call_hooks(_process_observers(app), "on_process_shutdown")
-
-
-def connect_process_receivers() -> None:
-    """Connect the process-lifecycle receivers (idempotent); done when an observer with
-    process hooks subscribes."""
-    signals.worker_init.connect(_on_worker_init, weak=False, dispatch_uid="celery_kit.observer_worker_init")
-    signals.beat_init.connect(_on_beat_init, weak=False, dispatch_uid="celery_kit.observer_beat_init")
-    signals.worker_process_init.connect(
-        _on_process_init, weak=False, dispatch_uid="celery_kit.observer_process_init"
-    )
-    signals.worker_process_shutdown.connect(
-        _on_process_shutdown, weak=False, dispatch_uid="celery_kit.observer_process_shutdown"
-    )
+def connect_logging(wanted: bool) -> None:
+    """Connect (or disconnect) the worker's logging take-over: while any app is
+    instrumented with ``logging=True``, and only then, Celery leaves a worker's logging
+    to the kit."""
+    for signal, receiver, uid in _lifecycle.LOGGING_RECEIVERS:
+        if wanted:
+            signal.connect(receiver, weak=False, dispatch_uid=f"celery_kit.{uid}")
+        else:
+            signal.disconnect(receiver, dispatch_uid=f"celery_kit.{uid}")

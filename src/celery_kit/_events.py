@@ -1,11 +1,11 @@
 """One event path: the task class classifies a failure once and observers read it.
 
-The task class decides retries and classifies errors; it does not log, count or alert.
-Celery's signals are bridged (``_bridge.py``) into :class:`TaskEvent` objects, enriched
-with that classification, and each observer (logging, metrics, alerts, health -- one
-module each) subscribes to the app's :class:`Dispatcher` and knows nothing of the
-others. An observer that raises is logged and skipped: it can never change a task's
-outcome.
+Plain data: the event, its enums and the classification a kit task records. Celery's
+signals are bridged (``_bridge.py``) into :class:`TaskEvent` objects that carry
+everything an observer reads -- the classification, the validated payload, the
+workflow ids, the producer's propagated context -- so no observer reaches into
+Celery's request. The dispatcher (``_dispatch.py``) hands each event to the app's
+observers (``_observer.py``).
 
 Per attempt a worker emits ``STARTED`` and then exactly one of ``SUCCEEDED``,
 ``RETRYING``, ``FAILED``, ``REJECTED``, ``IGNORED`` (from the process that ran it), or,
@@ -22,33 +22,19 @@ never come back as a poison message; the event is how observers learn that it ex
 
 from __future__ import annotations
 
-import contextvars
 import enum
-import logging
-import threading
-import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded, WorkerLostError
-
-from ._errors import PayloadValidationError
-
 __all__ = [
     "Classification",
-    "Dispatcher",
     "EventType",
     "FailureKind",
     "RejectReason",
     "Subscriber",
     "TaskEvent",
-    "classify",
-    "dispatcher_for",
-    "request_value",
 ]
-
-logger = logging.getLogger("celery_kit")
 
 
 class FailureKind(str, enum.Enum):
@@ -153,6 +139,19 @@ class TaskEvent:
     request: Any = field(default=None, repr=False, compare=False)
     #: The task object, when there is one.
     task: Any = field(default=None, repr=False, compare=False)
+    #: The validated payload of the attempt (a kit task's model, or a dict of its
+    #: declared arguments); ``None`` before validation or for a plain task.
+    payload: Any = field(default=None, repr=False, compare=False)
+    #: The workflow ids: the task that published this one, and the first of its workflow.
+    parent_id: str | None = None
+    root_id: str | None = None
+    #: The worker node that ran the attempt (``celery@host``), when known.
+    hostname: str | None = None
+    #: Whether the attempt runs inside its caller (``apply()``, ``task_always_eager``).
+    eager: bool = False
+    #: The context header the producer sent (``STARTED`` on a worker), as it came: the
+    #: logging observer keeps only its app's allowlisted, JSON-safe keys.
+    context: Mapping[str, Any] | None = field(default=None, repr=False, compare=False)
 
     def __init__(
         self,
@@ -171,6 +170,12 @@ class TaskEvent:
         detail: str | None = None,
         request: Any = None,
         task: Any = None,
+        payload: Any = None,
+        parent_id: str | None = None,
+        root_id: str | None = None,
+        hostname: str | None = None,
+        eager: bool = False,
+        context: Mapping[str, Any] | None = None,
     ) -> None:
         # Two events per attempt: one dict update costs less than half of the generated
         # frozen ``__init__``, which goes through ``object.__setattr__`` once per field.
@@ -190,6 +195,12 @@ class TaskEvent:
             detail=detail,
             request=request,
             task=task,
+            payload=payload,
+            parent_id=parent_id,
+            root_id=root_id,
+            hostname=hostname,
+            eager=eager,
+            context=context,
         )
 
     @property
@@ -200,124 +211,3 @@ class TaskEvent:
 
 #: What a dispatcher calls with each event: a :class:`celery_kit.Observer`, or any callable.
 Subscriber = Callable[[TaskEvent], None]
-
-
-def request_value(request: Any, name: str) -> Any:
-    """``getattr(request, name, None)`` for a message header or a mark the kit set.
-
-    Celery's request context keeps both in its instance dictionary. Most are absent
-    from most requests (no failure classified, no header on an eager call), and a
-    ``getattr`` that misses builds and discards an ``AttributeError`` -- on every
-    attempt, in every observer that asks.
-    """
-    try:
-        return request.__dict__.get(name)
-    except AttributeError:  # no instance dictionary: another kind of request object
-        return getattr(request, name, None)
-
-
-def classify(exc: BaseException) -> FailureKind:
-    """Classify an exception that did not pass through a kit task's own decision.
-
-    Used for failures seen from outside the task body: hard time limits and lost
-    pool processes reported by the worker's main process, and plain Celery tasks.
-    """
-    if isinstance(exc, PayloadValidationError):
-        return FailureKind.INVALID_PAYLOAD
-    if isinstance(exc, (SoftTimeLimitExceeded, TimeLimitExceeded)):
-        return FailureKind.TIMEOUT
-    if isinstance(exc, WorkerLostError):
-        return FailureKind.WORKER_LOST
-    return FailureKind.PERMANENT
-
-
-class Dispatcher:
-    """Fans task events out to the observers subscribed for one app.
-
-    An observer may declare the event types it reads as an ``event_types`` attribute (a
-    collection of :class:`EventType`); it is then called for those only, and an event
-    type no observer reads is not even built (:meth:`wants`). Without the attribute an
-    observer gets every event.
-    """
-
-    def __init__(self) -> None:
-        self._observers: tuple[Subscriber, ...] = ()
-        self._routes: dict[EventType, tuple[Subscriber, ...]] = {}
-        self._lock = threading.Lock()
-
-    @property
-    def observers(self) -> tuple[Subscriber, ...]:
-        return self._observers
-
-    def wants(self, event_type: EventType) -> bool:
-        """Whether any subscribed observer reads events of ``event_type``."""
-        return event_type in self._routes
-
-    def _set_observers(self, observers: tuple[Subscriber, ...]) -> None:
-        routes: dict[EventType, tuple[Subscriber, ...]] = {}
-        for event_type in EventType:
-            takers = tuple(o for o in observers if event_type in getattr(o, "event_types", (event_type,)))
-            if takers:
-                routes[event_type] = takers
-        self._routes = routes
-        self._observers = observers
-
-    def subscribe(self, observer: Subscriber) -> Subscriber:
-        """Add ``observer`` (idempotent); returns it, so it works as a decorator.
-
-        ``observer`` is a :class:`celery_kit.Observer`, or any callable taking a
-        :class:`TaskEvent` (optionally with an ``event_types`` attribute).
-        """
-        from ._bridge import connect_process_receivers, connect_task_receivers  # imports us
-
-        connect_task_receivers()
-        if getattr(observer, "observes_processes", False):
-            connect_process_receivers()
-        with self._lock:
-            if observer not in self._observers:
-                self._set_observers((*self._observers, observer))
-        return observer
-
-    def unsubscribe(self, observer: Subscriber) -> None:
-        with self._lock:
-            self._set_observers(tuple(o for o in self._observers if o is not observer))
-
-    def emit(self, event: TaskEvent) -> None:
-        for observer in self._routes.get(event.type, ()):
-            try:
-                observer(event)
-            except Exception:
-                logger.exception(
-                    "celery_kit observer %r failed on %s event of task %s[%s]",
-                    observer,
-                    event.type.value,
-                    event.task_name,
-                    event.task_id,
-                )
-
-
-#: The app a kit task is publishing through, for the publish signals (which name no app).
-publishing_app: contextvars.ContextVar[Any] = contextvars.ContextVar(
-    "celery_kit_publishing_app", default=None
-)
-
-_dispatchers_lock = threading.Lock()
-_known_apps: weakref.WeakSet[Any] = weakref.WeakSet()
-
-
-def known_apps() -> list[Any]:
-    """Apps that have a dispatcher (weakly held)."""
-    return list(_known_apps)
-
-
-def dispatcher_for(app: Any) -> Dispatcher:
-    """The dispatcher of ``app``, created on first use."""
-    dispatcher: Dispatcher | None = getattr(app, "_celery_kit_dispatcher", None)
-    if dispatcher is None:
-        with _dispatchers_lock:
-            dispatcher = getattr(app, "_celery_kit_dispatcher", None)
-            if dispatcher is None:
-                dispatcher = Dispatcher()
-                app._celery_kit_dispatcher = dispatcher
-                _known_apps.add(app)
-    return dispatcher

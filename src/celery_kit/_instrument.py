@@ -1,4 +1,10 @@
-"""``instrument(app)``: wire the observers into one app, once."""
+"""``instrument(app)``: wire the observers into one app, once; ``uninstrument(app)`` undoes it.
+
+Everything ``instrument()`` decides lives on that app's :class:`Instrumentation`: a
+second app, instrumented with other options, never changes the first. Logging, metrics,
+alerts, health and the user's observers are all :class:`~celery_kit.Observer` instances
+on the app's dispatcher, and know nothing of one another.
+"""
 
 from __future__ import annotations
 
@@ -9,17 +15,20 @@ from typing import TYPE_CHECKING, Any
 from celery import Celery
 from prometheus_client import CollectorRegistry
 
-from . import _bridge  # noqa: F401  -- tasks and instrument need the signal receivers
+from . import _bridge
+from ._context import DEFAULT_PROPAGATED_KEYS, ContextPropagation
+from ._dispatch import forget_app, known_apps
 from ._errors import ConfigurationError
-from ._events import dispatcher_for
+from ._log_observer import LoggingObserver
+from ._metrics_worker import MetricsSetup
 from ._observer import Observer
 from .alerts import Alerter, Alerting, AlertObserver, sinks_from_urls
-from .metrics import DEFAULT_DURATION_BUCKETS, DEFAULT_QUEUE_WAIT_BUCKETS, MetricsSetup
+from .metrics import DEFAULT_DURATION_BUCKETS, DEFAULT_QUEUE_WAIT_BUCKETS
 
 if TYPE_CHECKING:
     from .health import HealthSetup
 
-__all__ = ["Instrumentation", "instrument"]
+__all__ = ["Instrumentation", "instrument", "set_propagated_keys", "uninstrument"]
 
 #: App settings read when the keyword is not given.
 METRICS_PORT_SETTING = "celery_kit_metrics_port"
@@ -49,6 +58,40 @@ class Instrumentation:
     observers: tuple[Observer, ...] = ()
     #: The options it was called with: a second call must give the same.
     options: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    #: The logging observer (``logging=True``), and the app's propagated context keys.
+    log_observer: LoggingObserver | None = field(default=None, repr=False, compare=False)
+    context: ContextPropagation | None = field(default=None, repr=False, compare=False)
+    #: The dead-letter capture (``dead_letters=True``; issue 17).
+    dead_letters: Observer | None = field(default=None, repr=False, compare=False)
+
+    def subscribed(self) -> tuple[Observer, ...]:
+        """Every observer this instrumentation put on the app's dispatcher, in order."""
+        kit: list[Any] = [self.log_observer]
+        kit += [self.metrics, self.alerts, self.health, self.dead_letters]
+        return (*(o for o in kit if o is not None), *self.observers)
+
+
+#: The propagated keys of apps instrumented without ``log_context`` (``propagate_context()``).
+_default_keys: tuple[str, ...] = DEFAULT_PROPAGATED_KEYS
+
+
+def set_propagated_keys(keys: tuple[str, ...], app: Any = None) -> None:
+    """:func:`celery_kit.logging.propagate_context`: one app's keys, or the default's."""
+    global _default_keys
+    if app is not None:
+        instrumentation: Instrumentation | None = getattr(app, "_celery_kit_instrumentation", None)
+        if instrumentation is None or instrumentation.context is None:
+            raise ConfigurationError(
+                f"app {getattr(app, 'main', app)!r} is not instrumented with logging: call "
+                "instrument(app, log_context=...) instead."
+            )
+        instrumentation.context.keys = frozenset(keys)
+        return
+    _default_keys = keys
+    for known in known_apps():
+        found: Instrumentation | None = getattr(known, "_celery_kit_instrumentation", None)
+        if found is not None and found.context is not None and found.options.get("log_context") is None:
+            found.context.keys = frozenset(keys)
 
 
 def instrument(
@@ -58,7 +101,7 @@ def instrument(
     metrics: bool = True,
     alerts: Alerting | Sequence[Alerter] | None = _DEFAULT,
     json_logs: bool | None = None,
-    log_context: Iterable[str] = ("request_id", "correlation_id"),
+    log_context: Iterable[str] | None = None,
     metrics_port: int | None = None,
     metrics_host: str | None = None,
     metrics_prefix: str = "celery",
@@ -78,9 +121,13 @@ def instrument(
     options it raises :class:`~celery_kit.ConfigurationError` (one app, one configuration).
 
     Args:
-        logging: take over worker logging (structlog, JSON lines unless on a terminal;
-            ``json_logs`` forces either), log each task lifecycle step once, and carry the
-            ``log_context`` keys of the producer's structlog context to the worker.
+        logging: log each task lifecycle step once (outside a worker, through the
+            standard library's ``celery_kit.tasks`` logger, so the application's logging
+            configuration decides), take over worker logging (structlog, JSON lines
+            unless on a terminal; ``json_logs`` forces either; worker and beat processes
+            only), and carry the ``log_context`` keys of the producer's structlog context
+            to the worker (default ``request_id`` and ``correlation_id``, or what
+            :func:`~celery_kit.logging.propagate_context` chose).
         metrics: count task events. Workers serve them on ``metrics_host:metrics_port``
             (default ``127.0.0.1:9808``, or the ``celery_kit_metrics_port`` /
             ``celery_kit_metrics_host`` settings; port 0 turns the endpoint off) from the
@@ -107,6 +154,7 @@ def instrument(
             observer is not an :class:`~celery_kit.Observer`.
     """
     user_observers = tuple(observers)
+    context_keys = None if log_context is None else tuple(log_context)
     for observer in user_observers:
         if not isinstance(observer, Observer):
             raise ConfigurationError(
@@ -118,7 +166,7 @@ def instrument(
         "metrics": metrics,
         "alerts": alerts,
         "json_logs": json_logs,
-        "log_context": tuple(log_context),
+        "log_context": context_keys,
         "metrics_port": metrics_port,
         "metrics_host": metrics_host,
         "metrics_prefix": metrics_prefix,
@@ -142,22 +190,22 @@ def instrument(
                 "call instrument() once per app with the options it needs."
             )
         return existing
-    dispatcher = dispatcher_for(app)
-    metrics_setup = None
+    dispatcher = _bridge.dispatcher_for(app)
+    log_observer = context = None
     if logging:
-        from . import logging as kit_logging
-
-        kit_logging.install(json=json_logs, context_keys=log_context)
-        dispatcher.subscribe(kit_logging.LoggingObserver())
+        context = ContextPropagation(_default_keys if context_keys is None else context_keys)
+        log_observer = LoggingObserver(context)
+        _bridge.connect_logging(True)
+    metrics_setup = None
     if metrics:
-        from . import metrics as kit_metrics
+        from . import _metrics_worker
 
         conf: Any = app.conf
         port = (
             metrics_port if metrics_port is not None else conf.get(METRICS_PORT_SETTING, DEFAULT_METRICS_PORT)
         )
         host = metrics_host or conf.get(METRICS_HOST_SETTING, "127.0.0.1")
-        metrics_setup = kit_metrics.install(
+        metrics_setup = _metrics_worker.install(
             app,
             port=int(port or 0),
             host=str(host),
@@ -167,7 +215,6 @@ def instrument(
             queue_wait_buckets=queue_wait_buckets,
             multiprocess_dir=metrics_dir,
         )
-        dispatcher.subscribe(metrics_setup)
     alert_observer = None
     if alerts is _DEFAULT:
         configured = app.conf.get(ALERT_SINKS_SETTING)
@@ -182,38 +229,81 @@ def instrument(
 
         if not isinstance(alerting, Alerting):
             alerting = Alerting(sinks=tuple(alerting))
-        on_result = None
+        on_result = metrics_setup.count_alert if metrics_setup is not None else None
         if metrics_setup is not None:
-            setup = metrics_setup
-
-            def on_result(sink: str, result: str) -> None:
-                setup.observer.metrics.alerts.labels(sink, result).inc()
-
             # Each sink's delivery results exist at 0 from worker start, as the task series do.
-            setup.alert_sinks = tuple(sink.name for sink in alerting.sinks)
+            metrics_setup.alert_sinks = tuple(sink.name for sink in alerting.sinks)
         alert_observer = kit_alerts.install(app, alerting, on_result=on_result)
-        dispatcher.subscribe(alert_observer)
     health_setup = None
     if health:
         from . import health as kit_health
 
         health_setup = kit_health.install(app, state_file=health_file or app.conf.get(HEALTH_FILE_SETTING))
     # -- dead letters (issue 17) --
+    dead_letter_observer = None
     if dead_letters is None:
         dead_letters = bool(app.conf.get(DEAD_LETTERS_SETTING, False))
     if dead_letters:
         from . import deadletter
 
-        dispatcher.subscribe(deadletter.install(app))
+        dead_letter_observer = deadletter.install(app)
     # -- end dead letters --
-    for observer in user_observers:
-        dispatcher.subscribe(observer)
-    _check_config_at_worker_start(app)
     result = Instrumentation(
-        app, logging, metrics_setup, alert_observer, health_setup, user_observers, options
+        app,
+        logging,
+        metrics_setup,
+        alert_observer,
+        health_setup,
+        user_observers,
+        options,
+        log_observer=log_observer,
+        context=context,
+        dead_letters=dead_letter_observer,
     )
+    for observer in result.subscribed():
+        dispatcher.subscribe(observer)
     app._celery_kit_instrumentation = result
     return result
+
+
+def _logs(app: Any) -> bool:
+    return bool(getattr(getattr(app, "_celery_kit_instrumentation", None), "logging", False))
+
+
+def uninstrument(app: Celery) -> None:
+    """Undo :func:`instrument` for ``app`` (idempotent).
+
+    Its observers leave the app's dispatcher, its worker and consumer steps leave the
+    app, its alert delivery is closed, and once no app is instrumented, every signal
+    receiver the kit connected is disconnected. Metric families stay registered in
+    their registry (prometheus-client has no safe way to take back a series a scrape
+    may have seen); instrumenting the app again reuses them.
+    """
+    instrumentation: Instrumentation | None = getattr(app, "_celery_kit_instrumentation", None)
+    dispatcher = getattr(app, "_celery_kit_dispatcher", None)
+    if instrumentation is not None:
+        if dispatcher is not None:
+            for observer in instrumentation.subscribed():
+                dispatcher.unsubscribe(observer)
+        if instrumentation.metrics is not None:
+            instrumentation.metrics.remove()
+        if instrumentation.alerts is not None:
+            instrumentation.alerts.close()
+        if instrumentation.health is not None:
+            instrumentation.health.remove()
+        remove_dead_letters = getattr(instrumentation.dead_letters, "remove", None)
+        if remove_dead_letters is not None:  # issue 17
+            remove_dead_letters()
+        del app._celery_kit_instrumentation
+    if dispatcher is not None and not dispatcher.observers:
+        forget_app(app)
+    remaining = known_apps()
+    if not remaining:
+        _bridge.disconnect()
+    elif not any(
+        getattr(getattr(a, "_celery_kit_instrumentation", None), "logging", False) for a in remaining
+    ):
+        _bridge.connect_logging(False)
 
 
 def _secret(value: Any) -> str | None:
@@ -222,19 +312,3 @@ def _secret(value: Any) -> str | None:
         return None
     reveal = getattr(value, "get_secret_value", None)
     return str(reveal() if reveal is not None else value)
-
-
-def _check_config_at_worker_start(app: Celery) -> None:
-    """Log the dangerous setting combinations (:func:`celery_kit.presets.check`) once the
-    worker starts, when the app's configuration and tasks are final."""
-    from celery import signals
-
-    def check_config(sender: Any = None, **_: Any) -> None:
-        if id(getattr(sender, "app", None)) != id(app):
-            return
-        from .presets import check
-
-        check(app.conf, tasks=app.tasks.values())
-
-    signals.worker_init.connect(check_config, weak=False)
-    app._celery_kit_config_check = check_config  # keeps the receiver's identity with the app

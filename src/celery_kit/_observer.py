@@ -32,7 +32,14 @@ TASK_HOOKS: dict[EventType, str] = {
     EventType.REVOKED: "on_revoked",
     EventType.MESSAGE_REJECTED: "on_message_rejected",
 }
-_PROCESS_HOOKS = ("on_worker_init", "on_process_init", "on_process_shutdown", "on_beat_init")
+_PROCESS_HOOKS = (
+    "on_worker_init",
+    "on_worker_ready",
+    "on_worker_shutdown",
+    "on_process_init",
+    "on_process_shutdown",
+    "on_beat_init",
+)
 
 
 class Observer:
@@ -96,7 +103,14 @@ class Observer:
     # -- process lifecycle -------------------------------------------------------------------
 
     def on_worker_init(self, worker: Any) -> None:
-        """A worker of the app starts (its main process, before it consumes)."""
+        """A worker of the app starts (its main process, before the pool forks and before
+        it consumes)."""
+
+    def on_worker_ready(self, worker: Any) -> None:
+        """The worker's pool is up and it consumes (main process)."""
+
+    def on_worker_shutdown(self, worker: Any) -> None:
+        """The worker is shutting down (main process, after the pool stopped)."""
 
     def on_process_init(self) -> None:
         """A pool process of the app's worker started (prefork), before its first task."""

@@ -25,13 +25,13 @@ from collections.abc import Callable, Mapping
 from typing import Any, ClassVar, NoReturn, TypeVar, overload
 
 import celery
-from celery import shared_task, signals
+from celery import bootsteps, shared_task
 from celery.exceptions import Ignore, Reject, Retry, SoftTimeLimitExceeded
 from celery.utils.time import get_exponential_backoff_interval
 from pydantic import BaseModel, ValidationError
 
-from . import _bridge  # noqa: F401  -- tasks and instrument need the signal receivers
 from ._canvas import check_canvas_options
+from ._dispatch import dispatcher_of, publishing_app
 from ._errors import (
     ChainPayloadError,
     ConfigurationError,
@@ -39,7 +39,7 @@ from ._errors import (
     PayloadValidationError,
     PermanentError,
 )
-from ._events import Classification, EventType, FailureKind, TaskEvent, dispatcher_for, publishing_app
+from ._events import Classification, EventType, FailureKind, TaskEvent
 from ._payload import PayloadSchema, payload_validation_error
 from ._pools import pool_name
 from ._retry import RetryPolicy
@@ -251,6 +251,7 @@ class ValidatedTask(celery.Task):  # type: ignore[misc]
     def on_bound(cls, app: celery.Celery) -> None:
         """Check time limits and read the payload cap once, when the task joins an app."""
         super().on_bound(app)
+        app.steps["worker"].add(WorkerChecks)
         if cls.unique is not None:  # -- uniqueness hook: the lock store, refused here if unusable
             cls._unique_guard = bind_guard(cls, app)
         if not cls._kit_rules():
@@ -421,8 +422,8 @@ class ValidatedTask(celery.Task):  # type: ignore[misc]
 
     def _refused(self, exc: Exception) -> None:
         """Tell observers the caller's payload was refused (nothing was published)."""
-        dispatcher = dispatcher_for(self.app)
-        if dispatcher.observers:
+        dispatcher = dispatcher_of(self.app)
+        if dispatcher is not None:
             dispatcher.emit(
                 TaskEvent(EventType.REFUSED, self.name, None, exception=exc, detail="caller", task=self)
             )
@@ -636,7 +637,21 @@ def validated_task(app: Any = None, **options: Any) -> Any:
     return decorator
 
 
-def _warn_time_limits_without_prefork(sender: Any = None, **_: Any) -> None:
+class WorkerChecks(bootsteps.Step):  # type: ignore[misc]
+    """Worker bootstep of every app with a kit task: checks made once, when a worker starts.
+
+    A bootstep, not a ``worker_init`` receiver: it belongs to the app whose task added
+    it, runs in workers only, and connects no signal.
+    """
+
+    label = "celery_kit task checks"
+
+    def __init__(self, worker: Any, **kwargs: Any) -> None:
+        super().__init__(worker, **kwargs)
+        _warn_time_limits_without_prefork(worker)
+
+
+def _warn_time_limits_without_prefork(sender: Any) -> None:
     """At worker start: resolve every deferred schema now (a name that does not resolve is
     reported here, not at the first message); time limits are enforced by the prefork
     pool only (gevent: the hard limit only)."""
@@ -667,8 +682,3 @@ def _warn_time_limits_without_prefork(sender: Any = None, **_: Any) -> None:
             "soft time limits" if soft_only else "time limits",
             ", ".join(sorted(limited)),
         )
-
-
-signals.worker_init.connect(
-    _warn_time_limits_without_prefork, weak=False, dispatch_uid="celery_kit.time_limits_need_prefork"
-)

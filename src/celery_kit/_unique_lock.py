@@ -23,8 +23,9 @@ from celery import signals
 from celery.exceptions import Ignore, Reject, Retry
 from pydantic import ValidationError
 
+from ._dispatch import dispatcher_of
 from ._errors import ConfigurationError, DuplicateTaskError
-from ._events import Classification, EventType, FailureKind, TaskEvent, dispatcher_for
+from ._events import Classification, EventType, FailureKind, TaskEvent
 from ._unique import UNIQUE_HEADER, Unique
 
 __all__ = ["UniqueGuard", "guarded_run"]
@@ -325,8 +326,8 @@ class UniqueGuard:
                 logger.warning("lock of revoked task %s not released: %s", request.id, exc)
 
     def _refused(self, task: Any, error: DuplicateTaskError, side: str, queue: str | None) -> None:
-        dispatcher = dispatcher_for(task.app)
-        if dispatcher.observers:
+        dispatcher = dispatcher_of(task.app)
+        if dispatcher is not None:
             dispatcher.emit(
                 TaskEvent(
                     EventType.REFUSED,

@@ -22,11 +22,10 @@ import logging
 from typing import Any
 
 import structlog
-from celery import signals
 
 from ._redact import redact_url
 
-__all__ = ["install"]
+__all__ = ["install", "log_banner"]
 
 log: Any = structlog.get_logger("celery_kit.worker")
 
@@ -63,10 +62,17 @@ def _log_banner(sender: Any = None, instance: Any = None, conf: Any = None, **_:
         app.log.redirect_stdouts(app.conf.worker_redirect_stdouts_level)
 
 
+_banner_as_record = False
+
+
 def install(*, json: bool) -> None:
-    """Called from the kit's ``setup_logging`` receiver, in the worker (or beat) process."""
+    """Called when the kit takes a worker (or beat) process's logging over."""
+    global _banner_as_record
     logging.captureWarnings(True)
-    if json:
-        signals.celeryd_after_setup.connect(_log_banner, weak=False, dispatch_uid="celery_kit.banner")
-    else:
-        signals.celeryd_after_setup.disconnect(_log_banner, dispatch_uid="celery_kit.banner")
+    _banner_as_record = json
+
+
+def log_banner(sender: Any = None, instance: Any = None, conf: Any = None, **_: Any) -> None:
+    """``celeryd_after_setup`` (connected by the bridge): the banner as one record, in JSON mode."""
+    if _banner_as_record:
+        _log_banner(sender, instance, conf)

@@ -46,14 +46,21 @@ def test_a_users_observer_on_a_prefork_worker(redis_url: str, unique: str) -> No
             ok = app.tasks["obs.double"].delay(21)
             bad = app.tasks["obs.double"].delay(-1)
             wait_until(lambda: f"succeeded:{ok.id}" in entries() and any(bad.id in e for e in entries()))
-        wait_until(lambda: entries().count("process_shutdown") == 2)
+        wait_until(lambda: entries().count("process_shutdown") == 2 and "worker_shutdown" in entries())
         seen = entries()
         assert seen.count("worker_init") == 1
+        assert seen.count("worker_ready:True") == 1  # the worker, not its consumer
+        assert seen.count("worker_shutdown") == 1
+        assert seen.index("worker_init") < seen.index("worker_ready:True")
         assert seen.count("process_init") == 2  # one per pool process, before its first task
         assert seen.count(f"succeeded:{ok.id}") == 1
         assert seen.count(f"failed:{bad.id}:permanent:True") == 1
         # Task hooks ran in pool processes, worker_init in the main process.
         pids = {e.split("@")[1] for e in raw() if "init" in e}
         assert len(pids) == 3
+        main = {
+            e.split("@")[1] for e in raw() if e.startswith(("worker_init", "worker_ready", "worker_shutdown"))
+        }
+        assert len(main) == 1
     finally:
         state.delete(ledger_key)

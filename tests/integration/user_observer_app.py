@@ -11,6 +11,7 @@ from typing import Any
 
 import redis
 from celery import Celery
+from celery.worker import WorkController
 
 from celery_kit import Observer, PermanentError, TaskEvent, instrument, validated_task
 
@@ -27,6 +28,12 @@ class RedisLedger(Observer):
 
     def on_worker_init(self, worker: Any) -> None:
         self._log("worker_init")
+
+    def on_worker_ready(self, worker: Any) -> None:
+        self._log(f"worker_ready:{isinstance(worker, WorkController)}")
+
+    def on_worker_shutdown(self, worker: Any) -> None:
+        self._log("worker_shutdown")
 
     def on_process_init(self) -> None:
         self._log("process_init")

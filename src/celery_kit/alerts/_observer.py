@@ -4,18 +4,17 @@ from __future__ import annotations
 
 import atexit
 import socket
-import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from celery import signals
 from pydantic import SecretStr
 
 from .._errors import ConfigurationError
-from .._events import EventType, FailureKind, TaskEvent, request_value
+from .._events import FailureKind, TaskEvent
+from .._observer import Observer
 from .._payload import dump_masked
 from ._delivery import AlertDelivery, ResultCallback
 from ._model import Alert, AlertKind, redact
@@ -159,22 +158,24 @@ class _Fields(dict[str, Any]):
         return ""
 
 
-class AlertObserver:
-    """Turns final failures into alerts and hands them to the delivery thread."""
+class AlertObserver(Observer):
+    """Turns final failures into alerts and hands them to the delivery thread.
 
-    #: The dispatcher calls it for these only (see :class:`~celery_kit.Dispatcher`).
-    event_types = frozenset({EventType.FAILED})
+    The delivery thread starts with the first alert in a pool process, and when the
+    worker is ready in its main process, which outlives pool processes and flushes the
+    digests of a shared throttle; it is closed (pending alerts flushed) when the process
+    shuts down.
+    """
 
     def __init__(self, delivery: AlertDelivery, *, link_template: str | None = None) -> None:
         self.delivery = delivery
         self.link_template = link_template
         self.hostname = socket.gethostname()
 
-    def __call__(self, event: TaskEvent) -> None:
-        if event.type is not EventType.FAILED or not event.final:
+    def on_failed(self, event: TaskEvent) -> None:
+        if not event.final:
             return  # retries never alert; Retry/Ignore/Reject are control flow
         now = datetime.now(timezone.utc)
-        request = event.request
         exc = event.exception
         # Every field below may come from a message's headers, which anyone who can
         # publish chooses: a value of the wrong type is coerced or dropped, never allowed
@@ -183,13 +184,13 @@ class AlertObserver:
             kind=_kind_of(event),
             task_name=_text(event.task_name) or "unknown",
             task_id=_text(event.task_id),
-            root_id=_text(getattr(request, "root_id", None)),
+            root_id=_text(event.root_id),
             queue=_text(event.queue),
             retries=_count(event.retries),
             exception_type=type(exc).__name__ if exc is not None else None,
             exception_message=_message(exc),
             reason=_text(event.reason) or "",
-            hostname=_text(getattr(request, "hostname", None)) or self.hostname,
+            hostname=_text(event.hostname) or self.hostname,
             first_seen=now,
             last_seen=now,
             payload=self._payload(event),
@@ -200,13 +201,23 @@ class AlertObserver:
 
     @staticmethod
     def _payload(event: TaskEvent) -> Any:
-        if not getattr(event.task, "alert_payload", False) or event.request is None:
+        if not getattr(event.task, "alert_payload", False) or event.payload is None:
             return None
-        payload = request_value(event.request, "_celery_kit_payload")
-        return None if payload is None else redact(dump_masked(payload))
+        return redact(dump_masked(event.payload))
 
+    def on_worker_ready(self, worker: Any) -> None:
+        self.delivery.start()
 
-_deliveries: weakref.WeakSet[AlertDelivery] = weakref.WeakSet()
+    def on_process_shutdown(self) -> None:
+        self.delivery.close()
+
+    def on_worker_shutdown(self, worker: Any) -> None:
+        self.delivery.close()
+
+    def close(self) -> None:
+        """Flush and stop the delivery (``uninstrument``, interpreter exit)."""
+        atexit.unregister(self.delivery.close)
+        self.delivery.close()
 
 
 def install(app: Any, alerting: Alerting, *, on_result: ResultCallback | None = None) -> AlertObserver:
@@ -221,29 +232,5 @@ def install(app: Any, alerting: Alerting, *, on_result: ResultCallback | None = 
         # With a shared throttle another process sends the digest when the window ends.
         flush_on_close=not alerting.redis_url,
     )
-    _deliveries.add(delivery)
-    observer = AlertObserver(delivery, link_template=alerting.link_template)
-    app._celery_kit_alerts = observer
-    return observer
-
-
-def _close_all(**_: Any) -> None:
-    for delivery in list(_deliveries):
-        delivery.close()
-
-
-def _start_in_main_process(sender: Any = None, **_: Any) -> None:
-    """The worker's main process outlives pool processes: it flushes shared digests."""
-    observer = getattr(getattr(sender, "app", None), "_celery_kit_alerts", None)
-    if observer is not None:
-        observer.delivery.start()
-
-
-signals.worker_process_shutdown.connect(
-    _close_all, weak=False, dispatch_uid="celery_kit.alerts.process_shutdown"
-)
-signals.worker_shutdown.connect(_close_all, weak=False, dispatch_uid="celery_kit.alerts.worker_shutdown")
-signals.worker_ready.connect(
-    _start_in_main_process, weak=False, dispatch_uid="celery_kit.alerts.worker_ready"
-)
-atexit.register(_close_all)
+    atexit.register(delivery.close)  # pending alerts of a producer or an eager run
+    return AlertObserver(delivery, link_template=alerting.link_template)

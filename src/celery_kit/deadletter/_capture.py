@@ -32,10 +32,9 @@ import time
 from datetime import datetime, timezone
 from typing import Any
 
-from celery import signals
 from kombu.utils.json import dumps as kombu_dumps
 
-from .._events import FailureKind, RejectReason, TaskEvent, request_value
+from .._events import FailureKind, RejectReason, TaskEvent
 from .._observer import Observer
 from .._redact import redact_url
 from ._config import store_config
@@ -77,6 +76,14 @@ _WRITE_RETRIES = (0.1, 0.5)
 #: Seconds between the main process's refreshes of the size gauge (and retention).
 REFRESH_SETTING = "celery_kit_dead_letter_refresh"
 DEFAULT_REFRESH = 15.0
+
+
+def request_value(request: Any, name: str) -> Any:
+    """A header or attribute of Celery's request context, ``None`` when absent."""
+    try:
+        return request.__dict__.get(name)
+    except AttributeError:
+        return getattr(request, name, None)
 
 
 def _jsonable(value: Any) -> Any:
@@ -221,7 +228,12 @@ class DeadLetterObserver(Observer):
         if not event.final or event.task_name.startswith("celery."):
             return
         request = event.request
-        if request is None or request_value(request, "is_eager") or request_value(request, "called_directly"):
+        if (
+            event.eager
+            or request is None
+            or request_value(request, "is_eager")
+            or request_value(request, "called_directly")
+        ):
             return  # apply() / a direct call: no message was published, none can be replayed
         main_process = event.kind is FailureKind.WORKER_LOST or event.detail == "hard"
         if main_process and _redelivered(event.task, event):
@@ -247,6 +259,22 @@ class DeadLetterObserver(Observer):
 
     def on_worker_init(self, worker: Any) -> None:
         store_config(self.app)  # a misconfigured store stops the worker now, not at 9 a.m.
+
+    def on_worker_ready(self, worker: Any) -> None:
+        self.start_refresher()  # the main process, after the pool forked
+
+    def on_worker_shutdown(self, worker: Any) -> None:
+        self.stop_refresher()
+
+    def remove(self) -> None:
+        """Undo :func:`install` (``uninstrument(app)``)."""
+        self.stop_refresher()
+        for name in (KEEP_REJECTED_ATTRIBUTE, "_celery_kit_dead_letters"):
+            if getattr(self.app, name, None) is not None:
+                delattr(self.app, name)
+        if self._store is not None:
+            self._store.close()
+            self._store = None
 
     # -- the guard's refused messages ----------------------------------------------------------
 
@@ -365,22 +393,10 @@ KEEP_REJECTED_ATTRIBUTE = "_celery_kit_keep_rejected"
 def install(app: Any) -> DeadLetterObserver:
     """Capture ``app``'s dead letters; used by :func:`celery_kit.instrument`.
 
-    Returns the observer to subscribe; sets the hook the message guard calls, and starts
-    the size gauge's refresher in the worker's main process once the worker is ready.
+    Returns the observer to subscribe, and sets the hook the message guard calls for
+    refused messages; :meth:`DeadLetterObserver.remove` (``uninstrument``) undoes it.
     """
     observer = DeadLetterObserver(app)
     setattr(app, KEEP_REJECTED_ATTRIBUTE, observer.keep_rejected)
-
-    def on_ready(sender: Any = None, **_: Any) -> None:
-        if getattr(sender, "app", None) is app:
-            observer.start_refresher()
-
-    def on_shutdown(sender: Any = None, **_: Any) -> None:
-        if getattr(sender, "app", None) is app:
-            observer.stop_refresher()
-
-    signals.worker_ready.connect(on_ready, weak=False)
-    signals.worker_shutdown.connect(on_shutdown, weak=False)
-    app._celery_kit_dead_letter_receivers = (on_ready, on_shutdown)  # their identity stays with the app
     app._celery_kit_dead_letters = observer
     return observer

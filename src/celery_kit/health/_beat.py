@@ -13,9 +13,9 @@ generic: from ``beat_init`` until the first tick the phase is ``standby``, and a
 keep-alive thread refreshes the file so a frozen process still goes stale. A scheduler
 that keeps ticking while it is not the active one can say so by setting
 ``scheduler.celery_kit_standby = True``; its ticks then keep the phase ``standby``.
-celery_kit's receiver is connected when ``celery_kit.health`` is imported, so it runs
-before receivers connected later (RedBeat's is connected when its scheduler module is
-imported, which happens when beat creates the scheduler).
+The kit's ``beat_init`` receiver is connected when the app is instrumented (its module
+imported), so it runs before receivers connected later (RedBeat's is connected when its
+scheduler module is imported, which happens when beat creates the scheduler).
 """
 
 from __future__ import annotations
@@ -25,8 +25,6 @@ import os
 import threading
 import time
 from typing import Any
-
-from celery import signals
 
 from ._state import SCHEMA_VERSION, process_start_stamp, write_state
 
@@ -107,11 +105,8 @@ class BeatHeart:
                 self._failed = False
 
 
-def _on_beat_init(sender: Any = None, **_: Any) -> None:
-    service = sender
-    setup = getattr(getattr(service, "app", None), "_celery_kit_health", None)
-    if setup is None:
-        return
+def start_beat_heart(service: Any, setup: Any) -> None:
+    """Beat starts (the health observer's ``on_beat_init``): write its state, keep it fresh."""
     scheduler = service.scheduler
     heart = BeatHeart(setup.beat_file(), max_interval=float(scheduler.max_interval), keepalive=setup.interval)
     heart.write()
@@ -127,6 +122,3 @@ def _on_beat_init(sender: Any = None, **_: Any) -> None:
 
     scheduler.tick = recorded_tick
     service._celery_kit_health = heart
-
-
-signals.beat_init.connect(_on_beat_init, weak=False, dispatch_uid="celery_kit.health.beat_init")

@@ -1,4 +1,4 @@
-"""``install(app)``: wire the worker heartbeat step and the beat receiver into one app."""
+"""``install(app)``: wire the worker heartbeat step and the beat heart into one app."""
 
 from __future__ import annotations
 
@@ -6,7 +6,11 @@ import math
 from typing import Any
 
 from .._errors import ConfigurationError
+from .._events import TaskEvent
+from .._observer import Observer
+from ._beat import start_beat_heart
 from ._state import default_beat_file, default_worker_file
+from ._step import Heartbeat, solo_task_finished, solo_task_started
 
 __all__ = ["DEFAULT_INTERVAL", "HealthSetup", "install"]
 
@@ -14,8 +18,13 @@ __all__ = ["DEFAULT_INTERVAL", "HealthSetup", "install"]
 DEFAULT_INTERVAL = 2.0
 
 
-class HealthSetup:
-    """One app's health configuration; created by :func:`install`."""
+class HealthSetup(Observer):
+    """One app's health configuration, and the observer that feeds the hearts.
+
+    The worker's heart is a consumer bootstep (``_step.py``) that the pool reports to;
+    in a solo worker, where no pool reports, the task hooks tell it when a task starts
+    and ends. Beat's heart starts at ``on_beat_init``.
+    """
 
     def __init__(
         self, app: Any, *, state_file: str | None, beat_state_file: str | None, interval: float
@@ -35,6 +44,23 @@ class HealthSetup:
 
     def beat_file(self) -> str:
         return self.beat_state_file or default_beat_file()
+
+    def on_started(self, event: TaskEvent) -> None:
+        solo_task_started(event.task, event.task_id)
+
+    def _finished(self, event: TaskEvent) -> None:
+        solo_task_finished()
+
+    on_succeeded = on_retrying = on_failed = on_rejected = on_ignored = _finished
+
+    def on_beat_init(self, beat: Any) -> None:
+        start_beat_heart(beat, self)
+
+    def remove(self) -> None:
+        """Take the heartbeat out of the app's workers (``uninstrument``)."""
+        self.app.steps["consumer"].discard(Heartbeat)
+        if getattr(self.app, "_celery_kit_health", None) is self:
+            del self.app._celery_kit_health
 
 
 def install(
@@ -68,10 +94,10 @@ def install(
             f"health interval must be a positive number of seconds, got {interval!r}; "
             f"the default ({DEFAULT_INTERVAL:g}) suits probes with a max age of 30 s."
         )
-    from . import _beat  # noqa: F401 -- connects the beat_init receiver
-    from ._step import Heartbeat
+    from .._bridge import dispatcher_for
 
     setup = HealthSetup(app, state_file=state_file, beat_state_file=beat_state_file, interval=float(interval))
     app._celery_kit_health = setup
     app.steps["consumer"].add(Heartbeat)
+    dispatcher_for(app).subscribe(setup)
     return setup

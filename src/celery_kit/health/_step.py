@@ -31,7 +31,7 @@ import threading
 import time
 from typing import Any
 
-from celery import bootsteps, signals
+from celery import bootsteps
 from celery.worker import state as worker_state
 
 from .._pools import pool_name
@@ -248,8 +248,6 @@ class Heartbeat(bootsteps.StartStopStep):  # type: ignore[misc]
         self.heart.write()
         global _solo_heart
         _solo_heart = self.heart if pool == "solo" else None
-        if _solo_heart is not None:
-            _connect_solo_receivers()
 
     def start(self, c: Any) -> None:
         """After the task consumer started, on every (re)connect."""
@@ -295,24 +293,15 @@ class Heartbeat(bootsteps.StartStopStep):  # type: ignore[misc]
             self.heart.set_phase("stopping")
 
 
-def _on_task_prerun(sender: Any = None, task_id: str | None = None, **_: Any) -> None:
+def solo_task_started(task: Any, task_id: str | None) -> None:
+    """A task started in this process: told the heart of a solo worker (the health
+    observer's hook), where no pool reports its processes' work."""
     heart = _solo_heart
     if heart is not None and heart.pid == os.getpid():
-        heart.task_started(sender, task_id)
+        heart.task_started(task, task_id)
 
 
-def _on_task_postrun(**_: Any) -> None:
+def solo_task_finished() -> None:
     heart = _solo_heart
     if heart is not None and heart.pid == os.getpid():
         heart.task_finished()
-
-
-def _connect_solo_receivers() -> None:
-    """Follow tasks through Celery's signals, only in a solo worker (idempotent).
-
-    Elsewhere the pool reports its own processes' work. Connected only here because a
-    connected receiver makes Celery send both signals, with their arguments, for every
-    task of every app in the process.
-    """
-    signals.task_prerun.connect(_on_task_prerun, weak=False, dispatch_uid="celery_kit.health.prerun")
-    signals.task_postrun.connect(_on_task_postrun, weak=False, dispatch_uid="celery_kit.health.postrun")
