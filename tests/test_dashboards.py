@@ -9,6 +9,7 @@ from pathlib import Path
 import yaml
 from prometheus_client import CollectorRegistry
 
+from celery_kit.deadletter._metrics import DeadLetterMetrics
 from celery_kit.metrics import TaskMetrics
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -17,7 +18,11 @@ METRIC = re.compile(r"\b(celery_[a-z_]+)")
 
 def exported_names() -> set[str]:
     names = set()
-    for family in TaskMetrics(CollectorRegistry()).__dict__.values():
+    families = [
+        *TaskMetrics(CollectorRegistry()).__dict__.values(),
+        *DeadLetterMetrics(CollectorRegistry(), "celery").__dict__.values(),
+    ]
+    for family in families:
         for metric in family.describe():
             names.add(metric.name)
             names.update(

@@ -303,6 +303,7 @@ def _config_module(directory: Path, *, queue: str, metrics_port: int) -> None:
         f"task_default_queue = {queue!r}  # a queue no other run consumes\n"
         f"celery_kit_metrics_port = {metrics_port}\n"
         f"result_expires = 600\n"
+        f"celery_kit_dead_letter_prefix = {'docs-dlq-' + queue!r}  # a store of its own\n"
     )
 
 

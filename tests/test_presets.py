@@ -65,6 +65,7 @@ def test_every_preset_is_json_only_utc_limited_and_loads_into_an_app(
         "celery_kit_preset",
         "celery_kit_eta_horizon",
         "celery_kit_max_payload_bytes",
+        "celery_kit_dead_letters",
     }
     assert check(conf) == []  # every preset passes its own check
 

@@ -39,6 +39,7 @@ ALERT_SINKS_SETTING = "celery_kit_alert_sinks"
 #: Redis and the heartbeat file.
 ALERT_REDIS_SETTING = "celery_kit_alert_redis_url"
 HEALTH_FILE_SETTING = "celery_kit_health_file"
+DEAD_LETTERS_SETTING = "celery_kit_dead_letters"
 
 
 _DEFAULT: Any = object()
@@ -60,11 +61,13 @@ class Instrumentation:
     #: The logging observer (``logging=True``), and the app's propagated context keys.
     log_observer: LoggingObserver | None = field(default=None, repr=False, compare=False)
     context: ContextPropagation | None = field(default=None, repr=False, compare=False)
+    #: The dead-letter capture (``dead_letters=True``; issue 17).
+    dead_letters: Observer | None = field(default=None, repr=False, compare=False)
 
     def subscribed(self) -> tuple[Observer, ...]:
         """Every observer this instrumentation put on the app's dispatcher, in order."""
         kit: list[Any] = [self.log_observer]
-        kit += [self.metrics, self.alerts, self.health]
+        kit += [self.metrics, self.alerts, self.health, self.dead_letters]
         return (*(o for o in kit if o is not None), *self.observers)
 
 
@@ -110,6 +113,7 @@ def instrument(
     health: bool = True,
     health_file: str | None = None,
     observers: Iterable[Observer] = (),
+    dead_letters: bool | None = None,
 ) -> Instrumentation:
     """Wire structured logging and Prometheus metrics into ``app``; idempotent.
 
@@ -142,6 +146,9 @@ def instrument(
             default ``$CELERY_KIT_HEALTH_FILE`` or a per-node file in the temp directory.
         observers: your own :class:`~celery_kit.Observer` instances, fed the same
             classified events as the kit's own (see the events guide).
+        dead_letters: keep every message the kit gives up on, replayable (see
+            :mod:`celery_kit.deadletter`); default: the ``celery_kit_dead_letters``
+            setting, else off.
 
     Raises:
         ConfigurationError: ``app`` is already instrumented with other options, or an
@@ -171,6 +178,7 @@ def instrument(
         "health": health,
         "health_file": health_file,
         "observers": user_observers,
+        "dead_letters": dead_letters,
     }
     existing: Instrumentation | None = getattr(app, "_celery_kit_instrumentation", None)
     if existing is not None:
@@ -239,6 +247,15 @@ def instrument(
         from . import health as kit_health
 
         health_setup = kit_health.install(app, state_file=health_file or app.conf.get(HEALTH_FILE_SETTING))
+    # -- dead letters (issue 17) --
+    dead_letter_observer = None
+    if dead_letters is None:
+        dead_letters = bool(app.conf.get(DEAD_LETTERS_SETTING, False))
+    if dead_letters:
+        from . import deadletter
+
+        dead_letter_observer = deadletter.install(app)
+    # -- end dead letters --
     result = Instrumentation(
         app,
         logging,
@@ -249,6 +266,7 @@ def instrument(
         options,
         log_observer=log_observer,
         context=context,
+        dead_letters=dead_letter_observer,
     )
     for observer in result.subscribed():
         dispatcher.subscribe(observer)
@@ -281,6 +299,9 @@ def uninstrument(app: Celery) -> None:
             instrumentation.alerts.close()
         if instrumentation.health is not None:
             instrumentation.health.remove()
+        remove_dead_letters = getattr(instrumentation.dead_letters, "remove", None)
+        if remove_dead_letters is not None:  # issue 17
+            remove_dead_letters()
         del app._celery_kit_instrumentation
     from ._guard import MessageGuard
 

@@ -116,6 +116,10 @@ def refuse(
         logger.error("message rejected (%s) task=%s id=%s: %s", reason.value, task_name, task_id, detail)
     if task_id is not None:
         _record_failure(consumer, message, error, task_id)
+    # Dead letters (issue 17): kept before the message is settled; never raises.
+    keep_rejected = getattr(consumer.app, "_celery_kit_keep_rejected", None)
+    if keep_rejected is not None:
+        keep_rejected(consumer, message, reason, error)
     errors = getattr(consumer, "connection_errors", ())
     if reason is RejectReason.DECODE_ERROR:
         message.ack_log_error(logger, errors)

@@ -11,6 +11,8 @@ runs with the app Celery loaded from ``-A``:
   and for docs. Each is a standalone JSON Schema (``$schema`` names its draft); a result
   declared ``-> None`` is ``{"type": "null"}``, an unannotated one ``{}`` (any JSON value).
   Defaults and examples of secret fields are masked, by the same redactor as the config.
+* ``celery -A proj kit dlq list|show|replay|purge|stats`` reads and replays the app's dead
+  letters (:mod:`celery_kit.deadletter`).
 """
 
 from __future__ import annotations
@@ -180,3 +182,9 @@ def schema(ctx: click.Context, names: tuple[str, ...]) -> None:
             err=True,
         )
         ctx.exit(1)
+
+
+# -- dead letters (issue 17): celery -A proj kit dlq ... ---------------------------------------
+from .deadletter._cli import dlq  # noqa: E402  -- registered on the group defined above
+
+kit.add_command(dlq)

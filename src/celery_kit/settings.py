@@ -34,7 +34,9 @@ __all__ = ["ENV_PREFIX", "KitSettings"]
 
 #: Every field ``name`` is read from the environment variable ``CELERY_KIT_<NAME>``.
 ENV_PREFIX = "CELERY_KIT_"
-_SECRET_FIELDS = frozenset({"broker_url", "result_backend", "alert_sinks", "alert_redis_url"})
+_SECRET_FIELDS = frozenset(
+    {"broker_url", "result_backend", "alert_sinks", "alert_redis_url", "dead_letter_url"}
+)
 
 
 def _split_list(value: Any) -> Any:
@@ -92,6 +94,11 @@ class KitSettings(BaseSettings):
     #: A Redis URL for the alert throttle shared by every pool process and host (one alert
     #: per incident, not one per process); per-process throttling without it.
     alert_redis_url: SecretStr | None = None
+    #: Keep dead letters (``celery_kit_dead_letters``); default: the preset's choice (on in
+    #: production and reliable).
+    dead_letters: bool | None = None
+    #: A Redis URL for the dead-letter store (``celery_kit_dead_letter_url``); default: the broker.
+    dead_letter_url: SecretStr | None = None
     #: Payload size cap in bytes (``celery_kit_max_payload_bytes``); 0 disables it.
     max_payload_bytes: int = Field(DEFAULT_MAX_PAYLOAD_BYTES, ge=0)
     #: Default soft and hard time limits, in seconds.
@@ -170,6 +177,10 @@ class KitSettings(BaseSettings):
             arguments["celery_kit_alert_redis_url"] = self.alert_redis_url
         if self.health_file is not None:
             arguments["celery_kit_health_file"] = str(self.health_file)
+        if self.dead_letters is not None:
+            arguments["celery_kit_dead_letters"] = self.dead_letters
+        if self.dead_letter_url is not None:
+            arguments["celery_kit_dead_letter_url"] = self.dead_letter_url
         arguments.update(overrides)
         return build(
             self.broker_url.get_secret_value(),

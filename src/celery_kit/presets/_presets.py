@@ -198,6 +198,11 @@ def _build(
         _known(settings, worker_soft_shutdown_timeout=15.0)
         if broker is Broker.REDIS:
             _known(settings, worker_enable_soft_shutdown_on_idle=True)
+        # Dead letters (issue 17): every message the kit gives up on is kept on the
+        # broker, inspectable and replayable (celery_kit.deadletter).
+        on_broker = broker in (Broker.REDIS, Broker.RABBITMQ) and not is_sentinel(broker_url)
+        if preset is not Preset.LOW_LATENCY and on_broker:
+            settings["celery_kit_dead_letters"] = True
     if preset is Preset.RELIABLE:
         settings.update(
             # Acknowledge after the task finished, so a crash mid-task redelivers it;
