@@ -298,7 +298,7 @@ def test_messages_published_by_name_reach_only_the_app_that_registers_the_task()
     instrument(b, metrics=False, alerts=None, health=False, observers=[seen_b])
     try:
 
-        @a.task(name="pub.plain_a", shared=False)
+        @a.task(name="pub.plain_a", shared=False)  # type: ignore[untyped-decorator]
         def plain_a() -> None: ...
 
         a.finalize()
