@@ -331,6 +331,9 @@ def setup_redis(chain: Chain, request: pytest.FixtureRequest) -> None:
     port = free_port()
     queue = f"docs-{RUN_ID}-{uuid.uuid4().hex[:6]}"
     _config_module(chain.workdir, queue=queue, metrics_port=port)
+    # Chains stay open until the module ends: an app of this chain must import this
+    # chain's settings, not another open chain's module of the same name.
+    sys.modules.pop(CONFIG_MODULE, None)
     chain.env.update(CELERY_BROKER_URL=url, CELERY_RESULT_BACKEND=url, CELERY_CONFIG_MODULE=CONFIG_MODULE)
     chain.process_env["TMPDIR"] = str(chain.workdir)
     chain.replace["9808"] = str(port)
