@@ -17,7 +17,7 @@ PAGE = (ROOT / "docs" / "performance.md").read_text()
 def test_the_page_is_generated_from_the_recorded_run() -> None:
     # Regenerate it with `python benchmarks/run.py --from-results benchmarks/results/latest.json
     # --docs docs/performance.md` after changing its prose in benchmarks/run.py.
-    assert PAGE == performance_page(RESULTS)
+    assert performance_page(RESULTS) == PAGE
 
 
 def test_the_recorded_run_is_a_full_run_of_every_row() -> None:
