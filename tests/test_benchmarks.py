@@ -214,18 +214,27 @@ def test_the_cpu_sample_counts_the_pool_of_a_real_prefork_worker(
         assert spent.main >= 0.9 * burned, spent  # reaped: in the main process's children time
 
 
-def test_a_cpu_sample_reads_every_process_of_a_tree() -> None:
-    """Checked against psutil's own view of a small tree: a parent and a busy child."""
-    script = "import subprocess, sys; subprocess.run([sys.executable, '-c', 'while True: pass'])"
+def test_a_cpu_sample_reads_every_process_of_a_tree(tmp_path: Path) -> None:
+    """A parent and a child that burns a known amount of CPU and stays alive."""
+    mark = tmp_path / "burned"
+    child = (
+        "import pathlib, sys, time\n"
+        "time.sleep(0.5)\n"
+        "end = time.process_time() + 0.5\n"
+        "while time.process_time() < end: pass\n"
+        "pathlib.Path(sys.argv[1]).touch()\n"
+        "time.sleep(60)\n"
+    )
+    script = f"import subprocess, sys; subprocess.run([sys.executable, '-c', {child!r}, {str(mark)!r}])"
     parent = subprocess.Popen([sys.executable, "-c", script])
     try:
         _wait_for(lambda: sample(parent.pid).child_pids, 10, "the child")
         before = sample(parent.pid)
-        time.sleep(1.0)
+        _wait_for(mark.exists, 30, "the child's burn")
         spent = sample(parent.pid) - before
         assert len(spent.child_pids) == 1
-        assert spent.children > 0.5  # the child spun for most of the second
-        assert spent.main < 0.2
+        assert spent.children >= 0.45, spent  # the live child's own time
+        assert spent.main < 0.2, spent
     finally:
         for pid in sample(parent.pid).child_pids:
             os.kill(pid, 9)
