@@ -597,3 +597,33 @@ def test_the_package_still_loads_its_public_names_lazily() -> None:
         "print('ok')\n"
     )
     _prints_ok(code)
+
+
+def test_a_solo_worker_writes_its_state_for_long_tasks_only(tmp_path: Path) -> None:
+    """A write per task (an atomic replace) doubled a short task's cost on solo workers;
+    only a task that runs long enough to matter to a probe is written."""
+    from celery_kit.health._step import EXECUTING_WRITE_DELAY, WorkerHeart
+
+    path = tmp_path / "worker.json"
+    heart = WorkerHeart(str(path), node="w@h", pool="solo", interval=2.0, default_limit=None)
+
+    class Task:
+        name = "t.short"
+        time_limit = 5
+        soft_time_limit = None
+        request = None
+
+    for i in range(200):
+        heart.task_started(Task(), f"id-{i}")
+        heart.task_finished()
+    time.sleep(EXECUTING_WRITE_DELAY * 3)
+    assert not path.exists()  # 200 short tasks, no write
+
+    heart.task_started(Task(), "long")
+    deadline = time.monotonic() + 5
+    while not path.exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    state = json.loads(path.read_text())
+    assert state["executing"]["id"] == "long"
+    assert state["executing"]["time_limit"] == 5
+    heart.task_finished()

@@ -61,6 +61,10 @@ def _hard_limit(request: Any, default: float | None) -> float | None:
     return float(limit) if limit else None
 
 
+#: Seconds a solo worker's task runs before the state file says the loop is in it.
+EXECUTING_WRITE_DELAY = 0.25
+
+
 class WorkerHeart:
     """The heartbeat state of one worker's main process, and the writer of its file."""
 
@@ -87,6 +91,8 @@ class WorkerHeart:
         self._counts: dict[str, Any] = {}
         self._lock = threading.Lock()
         self._write_failed = False
+        self._watcher: threading.Thread | None = None
+        self._task_started = threading.Event()
 
     # -- transitions ------------------------------------------------------------------------
 
@@ -117,7 +123,14 @@ class WorkerHeart:
         self.write()
 
     def task_started(self, task: Any, task_id: str | None) -> None:
-        """Solo pool only: the loop is about to block in this task."""
+        """Solo pool only: the loop is about to block in this task.
+
+        Nothing is written here: a write per task (an atomic file replace, hundreds of
+        microseconds) would double a short task's cost. The watcher thread writes the
+        ``executing`` entry once the task has run for :data:`EXECUTING_WRITE_DELAY`
+        seconds -- long before any probe could call the blocked loop stale -- so only a
+        task long enough to matter to a probe costs a write.
+        """
         request = getattr(task, "request", None)
         limits = getattr(request, "timelimit", None) or (None, None)
         limit = limits[0] or getattr(task, "time_limit", None) or self.default_limit
@@ -129,13 +142,29 @@ class WorkerHeart:
             "since": now,
             "time_limit": float(limit) if limit else None,
         }
-        self.write()
+        self._watch()
 
     def task_finished(self) -> None:
-        """Solo pool only: back in the loop (this is also a beat)."""
+        """Solo pool only: back in the loop (this is also a beat; the loop's next beat writes)."""
         self.executing = None
         self.last_beat = time.monotonic()
-        self.write()
+
+    def _watch(self) -> None:
+        if self._watcher is None or not self._watcher.is_alive():
+            self._watcher = threading.Thread(
+                target=self._write_long_tasks, name="celery_kit-health-solo", daemon=True
+            )
+            self._watcher.start()
+        self._task_started.set()
+
+    def _write_long_tasks(self) -> None:
+        while True:
+            self._task_started.wait()
+            self._task_started.clear()
+            started = self.executing
+            time.sleep(EXECUTING_WRITE_DELAY)
+            if started is not None and self.executing is started:
+                self.write()
 
     # -- measuring and writing --------------------------------------------------------------
 
