@@ -50,7 +50,9 @@ compat: $(VENV)/.installed-dev
 wheel-smoke: | $(PY)
 	$(PY) tests/wheel_smoke/run.py
 
-## Side-by-side benchmarks (needs Redis and RabbitMQ); writes results/latest.json and docs/performance.md.
+## Side-by-side benchmarks (needs Redis and RabbitMQ), about 13 minutes: throughput and worker
+## CPU per task end to end on real prefork workers (the issue 16 targets), plus in-process and
+## producer rows; writes benchmarks/results/latest.json and docs/performance.md.
 bench: $(VENV)/.installed-dev
 	$(PY) benchmarks/run.py --output benchmarks/results/latest.json --docs docs/performance.md
 
@@ -59,7 +61,9 @@ bench: $(VENV)/.installed-dev
 bench-instructions: $(VENV)/.installed-dev
 	$(PY) benchmarks/instructions.py --output benchmarks/results/instructions.json
 
-## A small run that keeps the harness from rotting (CI); writes nothing into the repository.
+## A small run that keeps the harness from rotting (CI, under a minute): every code path,
+## including plain_events and CPU per task, at small N; reports, never fails on speed, and
+## writes nothing into the repository.
 bench-quick: $(VENV)/.installed-dev
 	$(PY) benchmarks/run.py --quick --output $${TMPDIR:-/tmp}/celery-kit-bench-quick.json
 

@@ -1,4 +1,4 @@
-"""The four variants under comparison, as Celery apps built from a name.
+"""The variants under comparison, as Celery apps built from a name.
 
 Every variant runs the same task body on the same 3-field email payload (and a heavier
 50-item payload): it counts its completion in Redis, so end-to-end runs are counted from
@@ -17,6 +17,10 @@ from celery import Celery
 from pydantic import BaseModel
 
 VARIANTS = ("plain", "pydantic", "kit", "kit_full")
+#: ``plain`` with Celery's task events on, as Flower and event-based exporters need them:
+#: ``worker_send_task_events`` (``celery worker -E``) and ``task_send_sent_event`` on the
+#: producer. Measured end to end only: ``apply()`` sends no task events.
+EVENTS = "plain_events"
 #: ``kit_full`` with ``bench.send`` unique per ``subject`` (one Redis lock per message), for
 #: the end-to-end Redis run; the locks live in ``BENCH_LOCK_URL`` (default: the bench Redis).
 UNIQUE = "kit_full+unique"
@@ -54,13 +58,15 @@ def build(variant: str, broker_url: str, queue: str, counter_url: str | None, co
         broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=False,
     )
+    if variant == EVENTS:
+        app.conf.update(worker_send_task_events=True, task_send_sent_event=True)
     counter = redis.Redis.from_url(counter_url) if counter_url else None
 
     def done() -> None:
         if counter is not None:
             counter.incr(counter_key)
 
-    if variant == "plain":
+    if variant in ("plain", EVENTS):
 
         @app.task(name="bench.send", shared=False)  # type: ignore[untyped-decorator]
         def send(to: str, subject: str, body: str) -> None:
@@ -120,7 +126,7 @@ def call(variant: str, heavy: bool) -> tuple[str, tuple[Any, ...], dict[str, Any
     """Task name, args and kwargs: each variant called the way its users call it."""
     payload = HEAVY if heavy else SMALL
     name = "bench.order" if heavy else "bench.send"
-    if variant == "plain":
+    if variant in ("plain", EVENTS):
         return name, (), dict(payload)
     return name, (dict(payload),), {}
 

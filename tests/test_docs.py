@@ -331,8 +331,8 @@ def setup_redis(chain: Chain, request: pytest.FixtureRequest) -> None:
     port = free_port()
     queue = f"docs-{RUN_ID}-{uuid.uuid4().hex[:6]}"
     _config_module(chain.workdir, queue=queue, metrics_port=port)
-    # An earlier chain's config module, still imported: this chain's apps must read their own
-    # (its queue), or an earlier chain's worker -- alive until the module ends -- takes their tasks.
+    # Chains stay open until the module ends: an app of this chain must import this
+    # chain's settings, not another open chain's module of the same name.
     sys.modules.pop(CONFIG_MODULE, None)
     chain.env.update(CELERY_BROKER_URL=url, CELERY_RESULT_BACKEND=url, CELERY_CONFIG_MODULE=CONFIG_MODULE)
     chain.process_env["TMPDIR"] = str(chain.workdir)

@@ -252,3 +252,63 @@ def test_apps_are_isolated(app: Celery) -> None:
     finally:
         uninstrument(other)
         uninstrument(app)
+
+
+def test_a_refused_instrument_leaves_nothing_connected() -> None:
+    result = _run(
+        _SIGNALS_CONNECTED
+        + """
+    from celery import Celery
+    from celery_kit import ConfigurationError, instrument
+    from celery_kit._dispatch import known_apps
+    from celery_kit.metrics import TaskMetrics
+
+    app = Celery("refused", broker="memory://localhost/")
+    app.conf.celery_kit_alert_sinks = ["nosuch://x"]
+    try:
+        instrument(app)
+    except ConfigurationError:
+        pass
+    else:
+        raise SystemExit("instrument() accepted an unknown sink")
+    assert connected() == [], connected()
+    assert known_apps() == []
+    assert not app.steps["worker"] and not app.steps["consumer"], app.steps
+    print("ok")
+    """
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"
+
+
+def test_messages_published_by_name_reach_only_the_app_that_registers_the_task() -> None:
+    from celery_kit import Observer, TaskEvent, uninstrument
+
+    class Published(Observer):
+        def __init__(self) -> None:
+            self.names: list[str] = []
+
+        def on_published(self, event: TaskEvent) -> None:
+            self.names.append(event.task_name)
+
+    a = Celery("pub-a", broker="memory://localhost/", set_as_current=False)
+    b = Celery("pub-b", broker="memory://localhost/")  # the current app
+    seen_a, seen_b = Published(), Published()
+    instrument(a, metrics=False, alerts=None, health=False, observers=[seen_a], log_context=("tenant",))
+    instrument(b, metrics=False, alerts=None, health=False, observers=[seen_b])
+    try:
+
+        @a.task(name="pub.plain_a", shared=False)  # type: ignore[untyped-decorator]
+        def plain_a() -> None: ...
+
+        a.finalize()
+        b.finalize()
+        plain_a.delay()  # a plain (not kit) task of a
+        a.send_task("pub.unknown")  # registered nowhere: no way to tell whose
+        assert seen_a.names == ["pub.plain_a"]
+        assert seen_b.names == []
+    finally:
+        uninstrument(b)
+        uninstrument(a)
+        a.close()
+        b.close()

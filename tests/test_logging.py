@@ -339,3 +339,65 @@ def test_worker_logging_never_writes_into_a_redirected_stderr(monkeypatch: pytes
         _remove_kit_handlers()
         structlog.reset_defaults()
         logging.captureWarnings(False)
+
+
+def test_context_keys_that_name_a_log_record_attribute_do_not_lose_the_line(app: Celery) -> None:
+    records: list[logging.LogRecord] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    logger = logging.getLogger("celery_kit.tasks")
+    handler, level = Collect(), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    dispatcher_for(app).subscribe(observer := LoggingObserver())
+
+    @validated_task(app, shared=False, name="l.record_keys")
+    def work() -> None: ...
+
+    structlog.contextvars.bind_contextvars(filename="report.csv", name="x", request_id="r-2")
+    try:
+        work.delay()
+    finally:
+        structlog.contextvars.clear_contextvars()
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+        dispatcher_for(app).unsubscribe(observer)
+    (enqueued,) = [r for r in records if r.getMessage() == "task enqueued"]
+    assert enqueued.task_name == "l.record_keys"  # type: ignore[attr-defined]
+    assert enqueued.request_id == "r-2"  # type: ignore[attr-defined]
+    assert enqueued.filename != "report.csv"  # the record's own attribute is kept
+
+
+def test_an_eager_attempt_ended_by_a_base_exception_gives_the_context_back(app: Celery) -> None:
+    from celery_kit import EventType, Observer, TaskEvent
+
+    class Failed(Observer):
+        def __init__(self) -> None:
+            self.reasons: list[str] = []
+
+        def on_failed(self, event: TaskEvent) -> None:
+            self.reasons.append(event.reason)
+
+    failed = Failed()
+    dispatcher_for(app).subscribe(observer := LoggingObserver())
+    dispatcher_for(app).subscribe(failed)
+
+    @validated_task(app, shared=False, name="l.exits")
+    def exits() -> None:
+        raise SystemExit(3)
+
+    structlog.contextvars.bind_contextvars(request_id="r-3")
+    try:
+        with pytest.raises(SystemExit):
+            exits.apply()
+        assert structlog.contextvars.get_contextvars() == {"request_id": "r-3"}
+        assert failed.reasons == ["interrupted"]
+        assert observer._callers == {}
+    finally:
+        structlog.contextvars.clear_contextvars()
+        dispatcher_for(app).unsubscribe(observer)
+        dispatcher_for(app).unsubscribe(failed)
+    assert EventType.FAILED in Failed.event_types

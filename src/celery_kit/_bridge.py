@@ -34,13 +34,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from _thread import get_ident
 from collections import OrderedDict
 from collections.abc import Callable
 from datetime import datetime
+from threading import get_ident
 from typing import Any
 
-from celery import current_app, signals, states
+from celery import signals, states
 from celery.exceptions import (
     Retry,
     SoftTimeLimitExceeded,
@@ -175,20 +175,23 @@ def _queue_wait(request: Any, now: float) -> float | None:
     return max(0.0, now - ready)
 
 
-def _publishing_dispatcher() -> Dispatcher | None:
-    """The dispatcher of the app that is publishing.
+def _publishing_dispatcher(name: str | None) -> Dispatcher | None:
+    """The dispatcher of the app that is publishing task ``name``, if it can be known.
 
     Celery's publish signals name the task, not the app: a kit task says which app it
-    publishes through; for other messages, the current app, else the only observed one.
+    publishes through. For other messages (a plain task's ``delay()``, ``send_task``), the
+    one observed app that registers a task of that name, else the only observed app;
+    with several observed apps and no way to tell, none -- one app's observers and
+    context keys never see another app's messages.
     """
     app = publishing_app.get()
     if app is not None:
         return dispatcher_of(app)
-    current = dispatcher_of(current_app)
-    if current is not None:
-        return current
-    candidates = [d for d in map(dispatcher_of, known_apps()) if d is not None]
-    return candidates[0] if len(candidates) == 1 else None
+    observed = [(known, d) for known in known_apps() if (d := dispatcher_of(known)) is not None]
+    if len(observed) <= 1:
+        return observed[0][1] if observed else None
+    registering = [d for known, d in observed if getattr(known, "finalized", False) and name in known.tasks]
+    return registering[0] if len(registering) == 1 else None
 
 
 def _on_before_publish(
@@ -200,13 +203,14 @@ def _on_before_publish(
     if headers is None:
         return
     headers[PUBLISHED_AT_HEADER] = time.time()
-    dispatcher = _publishing_dispatcher()
+    name = headers.get("task") or sender
+    dispatcher = _publishing_dispatcher(name)
     if dispatcher is None:
         return
     for stamp in dispatcher.stampers:
         stamp(headers)
     if dispatcher.wants(_PUBLISHED):
-        name = headers.get("task") or sender or "unknown"
+        name = name or "unknown"
         dispatcher.emit(TaskEvent(_PUBLISHED, name, headers.get("id"), queue=routing_key or None))
 
 
@@ -259,11 +263,20 @@ def _on_postrun(
     if attempt is not None and attempt[2] is not None:
         _attempts[key] = attempt[2]
     dispatcher = _dispatcher(task)
-    if dispatcher is None or state is None:
-        # No state: the attempt was cut short by a BaseException (the pool process is
-        # being terminated at the hard time limit, or revoked with terminate=True); the
-        # worker's main process reports it.
+    if dispatcher is None:
         return
+    if state is None:
+        # No state: the attempt was cut short by a BaseException. On a worker, the pool
+        # process is being terminated (hard time limit, revoke with terminate=True) and
+        # the main process reports it; an eager attempt (SystemExit, KeyboardInterrupt,
+        # pytest.fail() in a test) ends here, and its observers must hear of it -- the
+        # logging observer gives the caller its context back.
+        if attempt is None or not getattr(attempt[0], "is_eager", False):
+            return
+        state, retval = states.FAILURE, None
+        interrupted = True
+    else:
+        interrupted = False
     event_type = _FINISHED_BY_STATE.get(state or "", _FAILED)
     if not dispatcher.wants(event_type):
         return
@@ -291,6 +304,8 @@ def _on_postrun(
         final = True
         if outcome is not None:
             kind, reason, detail = outcome.kind, outcome.reason, outcome.timeout
+        elif interrupted:
+            kind, reason = FailureKind.PERMANENT, "interrupted"
         else:
             kind = classify(exception) if exception is not None else FailureKind.PERMANENT
             reason = "failed"

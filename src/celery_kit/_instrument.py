@@ -8,7 +8,7 @@ on the app's dispatcher, and know nothing of one another.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -57,7 +57,7 @@ class Instrumentation:
     #: The user's own observers (``observers=``).
     observers: tuple[Observer, ...] = ()
     #: The options it was called with: a second call must give the same.
-    options: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    options: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
     #: The logging observer (``logging=True``), and the app's propagated context keys.
     log_observer: LoggingObserver | None = field(default=None, repr=False, compare=False)
     context: ContextPropagation | None = field(default=None, repr=False, compare=False)
@@ -86,6 +86,7 @@ def set_propagated_keys(keys: tuple[str, ...], app: Any = None) -> None:
                 "instrument(app, log_context=...) instead."
             )
         instrumentation.context.keys = frozenset(keys)
+        instrumentation.options["log_context"] = keys  # what instrument() must be given again
         return
     _default_keys = keys
     for known in known_apps():
@@ -190,6 +191,28 @@ def instrument(
                 "call instrument() once per app with the options it needs."
             )
         return existing
+    # Everything that can refuse the configuration first: a refused instrument() leaves
+    # nothing connected and nothing added to the app.
+    conf: Any = app.conf
+    port = metrics_port if metrics_port is not None else conf.get(METRICS_PORT_SETTING, DEFAULT_METRICS_PORT)
+    try:
+        port = int(port or 0)
+    except (TypeError, ValueError):
+        raise ConfigurationError(
+            f"metrics port must be a number (instrument(metrics_port=...) or the "
+            f"{METRICS_PORT_SETTING} setting), got {port!r}."
+        ) from None
+    if alerts is _DEFAULT:
+        configured = conf.get(ALERT_SINKS_SETTING)
+        redis_url = _secret(conf.get(ALERT_REDIS_SETTING))
+        sinks = sinks_from_urls(configured) if configured else None
+        alerts = (
+            Alerting(redis_url=redis_url) if sinks is None else Alerting(sinks=sinks, redis_url=redis_url)
+        )
+    alerting: Alerting | None = None
+    if alerts:
+        alerting = alerts if isinstance(alerts, Alerting) else Alerting(sinks=tuple(alerts))
+
     dispatcher = _bridge.dispatcher_for(app)
     log_observer = context = None
     if logging:
@@ -200,15 +223,10 @@ def instrument(
     if metrics:
         from . import _metrics_worker
 
-        conf: Any = app.conf
-        port = (
-            metrics_port if metrics_port is not None else conf.get(METRICS_PORT_SETTING, DEFAULT_METRICS_PORT)
-        )
-        host = metrics_host or conf.get(METRICS_HOST_SETTING, "127.0.0.1")
         metrics_setup = _metrics_worker.install(
             app,
-            port=int(port or 0),
-            host=str(host),
+            port=port,
+            host=str(metrics_host or conf.get(METRICS_HOST_SETTING, "127.0.0.1")),
             prefix=metrics_prefix,
             registry=metrics_registry,
             duration_buckets=duration_buckets,
@@ -216,19 +234,9 @@ def instrument(
             multiprocess_dir=metrics_dir,
         )
     alert_observer = None
-    if alerts is _DEFAULT:
-        configured = app.conf.get(ALERT_SINKS_SETTING)
-        redis_url = _secret(app.conf.get(ALERT_REDIS_SETTING))
-        sinks = sinks_from_urls(configured) if configured else None
-        alerts = (
-            Alerting(redis_url=redis_url) if sinks is None else Alerting(sinks=sinks, redis_url=redis_url)
-        )
-    alerting = alerts
-    if alerting:
+    if alerting is not None:
         from . import alerts as kit_alerts
 
-        if not isinstance(alerting, Alerting):
-            alerting = Alerting(sinks=tuple(alerting))
         on_result = metrics_setup.count_alert if metrics_setup is not None else None
         if metrics_setup is not None:
             # Each sink's delivery results exist at 0 from worker start, as the task series do.
@@ -295,6 +303,9 @@ def uninstrument(app: Celery) -> None:
         if remove_dead_letters is not None:  # issue 17
             remove_dead_letters()
         del app._celery_kit_instrumentation
+    from ._guard import MessageGuard
+
+    app.steps["consumer"].discard(MessageGuard)
     if dispatcher is not None and not dispatcher.observers:
         forget_app(app)
     remaining = known_apps()

@@ -43,11 +43,20 @@ class LineLogger(Protocol):
     def log(self, level: int, event: str, **fields: Any) -> Any: ...
 
 
+#: Attributes of a ``LogRecord``: ``extra`` may not set them (``logging`` raises).
+_RECORD_ATTRIBUTES = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {
+    "message",
+    "asctime",
+}
+
+
 class StdlibLines:
     """Lines through ``logging.getLogger("celery_kit.tasks")``, fields as ``extra``.
 
     structlog's bound context (the task's ids, a web request's ``request_id``) is added
-    to the fields, so a plain ``logging`` formatter can show it too (``%(task_id)s``).
+    to the fields, so a plain ``logging`` formatter or handler can read it too (a
+    record's ``task_id``, on the lines of an attempt); context keys that name a
+    ``LogRecord`` attribute (``filename``, ``name`` ...) are left out of ``extra``.
     """
 
     def __init__(self, name: str = TASKS_LOGGER) -> None:
@@ -56,7 +65,9 @@ class StdlibLines:
     def log(self, level: int, event: str, **fields: Any) -> None:
         logger = self._logger
         if logger.isEnabledFor(level):
-            extra = {**structlog.contextvars.get_contextvars(), **fields}
+            context = structlog.contextvars.get_contextvars()
+            extra = {k: v for k, v in context.items() if k not in _RECORD_ATTRIBUTES}
+            extra.update(fields)
             logger.log(level, event, extra=extra)
 
 

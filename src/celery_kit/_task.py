@@ -91,7 +91,9 @@ def _wrap_run(fun: Callable[..., Any], bound: bool, schema: PayloadSchema) -> Ca
             if request.called_directly:
                 raise
             self._reject_payload(exc, request)
-        if self._keep_payload:
+        if self._keep_payload or getattr(self.app, "_celery_kit_dispatcher", None) is not None:
+            # For observers (TaskEvent.payload): the model as validated, or a dict of the
+            # declared arguments.
             self.request._celery_kit_payload = payload if payload is not None else schema.named(args, kwargs)
         started = time.time()
         try:

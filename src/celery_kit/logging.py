@@ -28,14 +28,14 @@ from typing import IO, Any
 
 import structlog
 
-from ._context import DEFAULT_PROPAGATED_KEYS
+from ._context import CONTEXT_HEADER, DEFAULT_PROPAGATED_KEYS
 
 try:
     import orjson as _orjson
 except ImportError:  # not built for every interpreter (PyPy): the standard library's encoder
     _orjson = None  # type: ignore[assignment]
 
-__all__ = ["configure_logging", "propagate_context"]
+__all__ = ["CONTEXT_HEADER", "DEFAULT_PROPAGATED_KEYS", "configure_logging", "propagate_context"]
 
 #: Keys that are not strings (``log.info("x", counts={1: 2})``) are written as strings, as
 #: the standard library's encoder writes them.
