@@ -512,3 +512,12 @@ def test_uninstrument_takes_the_capture_off_the_app(unique: str, redis_url: str)
     dispatcher = getattr(app, "_celery_kit_dispatcher", None)
     observers = dispatcher.observers if dispatcher is not None else ()
     assert not any(isinstance(o, DeadLetterObserver) for o in observers)
+
+
+def test_reading_an_empty_rabbitmq_store_creates_no_stream(unique: str, amqp_url: str) -> None:
+    app = Celery(f"s-{unique}", broker=amqp_url, set_as_current=False)
+    app.conf.celery_kit_dead_letter_prefix = f"dlq-{unique}"
+    with DeadLetterStore.for_app(app) as store:
+        assert (store.list(), store.stats().total, store.trim(), store.purge(all=True)) == ([], 0, [], 0)
+    with app.connection_for_write() as conn, pytest.raises(conn.channel_errors):
+        conn.default_channel.queue_declare(f"dlq-{unique}", passive=True)

@@ -39,6 +39,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+import amqp  # type: ignore[import-untyped]
 from kombu.connection import Connection
 
 from .._redact import redact_url
@@ -145,8 +146,6 @@ class StreamBackend:
         return channel
 
     def _append(self, *records: dict[str, Any]) -> None:
-        import amqp  # type: ignore[import-untyped]
-
         channel = self._open()
         try:
             for record in records:
@@ -157,7 +156,25 @@ class StreamBackend:
             self.close()
             raise
 
+    def _exists(self) -> bool:
+        """Whether the stream exists, without creating it: a worker that never kept a dead
+        letter (or an operator's ``kit dlq list``) leaves no empty stream behind."""
+        if self._channel is not None and self._pid == os.getpid():
+            return True  # opened (and declared) by this process already
+        connection: Any = Connection(self.url)  # type: ignore[no-untyped-call]
+        try:
+            connection.connect()
+            connection.channel().queue_declare(queue=self.stream, passive=True)
+        except amqp.exceptions.NotFound:
+            return False
+        finally:
+            with contextlib.suppress(Exception):
+                connection.release()
+        return True
+
     def _read(self) -> list[dict[str, Any]]:
+        if not self._exists():
+            return []
         marker = uuid.uuid4().hex
         self._append({"op": "sync", "id": "", "token": marker})
         records: list[dict[str, Any]] = []
