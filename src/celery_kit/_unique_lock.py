@@ -211,7 +211,7 @@ class _Held:
 
 #: Brokers that mark a message redelivered after a worker loss (kombu's Redis transport
 #: sets ``redelivered`` when it restores a message; AMQP brokers always do).
-_FLAGS_REDELIVERY = ("redis", "rediss", "sentinel", "amqp", "amqps", "pyamqp", "librabbitmq", "unix")
+_FLAGS_REDELIVERY = ("redis", "rediss", "sentinel", "amqp", "amqps", "pyamqp", "librabbitmq")
 
 
 class UniqueGuard:
@@ -424,9 +424,17 @@ class UniqueGuard:
         """
         script, args = ("extend", (held.value, self.ttl_ms)) if keep else ("release", (held.value,))
         try:
-            leased, _ = store.finish_after(held.conn, script, held.key, args)
+            leased, finished = store.finish_after(held.conn, script, held.key, args)
         except (redis.ConnectionError, redis.TimeoutError):
             return False
+        if isinstance(finished, redis.ResponseError):
+            logger.warning(
+                "unique-task lock %s not %s (%s): it expires within %ss",
+                held.key,
+                "kept" if keep else "released",
+                finished,
+                self.unique.lease,
+            )
         if leased != 1:
             # The lock lapsed while the message waited (a queue near ttl, a failover).
             logger.warning(

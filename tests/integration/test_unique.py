@@ -233,7 +233,7 @@ def test_a_raw_message_keeps_its_lock_across_a_retry(unique_worker: UniqueWorker
 
 
 #: How long each reply of the lock store takes through the proxy: a round trip's unit.
-DELAY = 1.0
+DELAY = 1.5
 
 
 @pytest.mark.parametrize(
@@ -246,7 +246,7 @@ DELAY = 1.0
 def test_round_trips_per_task_measured_through_a_slow_lock_store(
     slow_lock_worker: SlowLockWorker, mode: str, waits: dict[str, int], commands: int
 ) -> None:
-    """Every reply of the lock store is 1 s late: the time each step takes counts its waits."""
+    """Every reply of the lock store is 1.5 s late: the time each step takes counts its waits."""
     w, proxy, log = slow_lock_worker.unique, slow_lock_worker.proxy, slow_lock_worker.log
     task = w.app.tasks[f"unique.timed_{mode}"]
     for _ in range(2):  # connections opened and scripts loaded: a steady state is measured
