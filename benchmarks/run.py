@@ -683,8 +683,8 @@ the rounds, are what to read.
 - **kit_full**: `@validated_task` with `instrument(app)` fully on (JSON logs of every
   lifecycle step, Prometheus metrics, alerts, health), task events off;
 - **kit_full+unique** (`e2e_redis` only): `kit_full` with `unique=Unique(on=("subject",))`,
-  a fresh key per message: one Redis lock per task, three script calls (publish, start,
-  finish; see [Unique tasks](uniqueness.md)).
+  a fresh key per message: one Redis lock per task, one round trip on publish and one at
+  the finish (the start's lease is sent without waiting; see [Unique tasks](uniqueness.md)).
 
 ## Targets
 

@@ -7,11 +7,13 @@ live in the real Redis. The worker side is in tests/integration/test_unique.py.
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import pytest
 import redis
 from celery import Celery
+from celery.app.task import Context
 from kombu.exceptions import OperationalError
 from pydantic import BaseModel, SecretStr
 
@@ -22,8 +24,9 @@ from celery_kit import (
     Unique,
     validated_task,
 )
+from celery_kit._unique import UNIQUE_HEADER
 
-from ._support import free_port
+from ._support import free_port, wait_for
 from .conftest import published
 
 
@@ -217,3 +220,109 @@ def test_duplicate_task_error_is_in_the_tree_and_survives_json() -> None:
     rebuilt = DuplicateTaskError(*json.loads(json.dumps(error.args)))
     assert (rebuilt.existing_task_id, rebuilt.key, str(rebuilt)) == ("abc", error.key, str(error))
     assert DuplicateTaskError.__module__ == "celery_kit"
+
+
+# -- where the worker checks the lock at start, and where the message vouches for it ----------
+
+
+def _start(task: Any, header: dict[str, Any] | None, **request: Any) -> Any:
+    """What the worker does at a start: claim with a request as Celery builds it."""
+    fields = {"id": "first", "retries": 0, "delivery_info": {"routing_key": "q"}, "headers": None, **request}
+    context = Context(**fields)
+    if header is not None:
+        setattr(context, UNIQUE_HEADER, header)
+    return task._unique_guard.claim(task, context, (), {"payload": {"order": {"id": 1, "region": "eu"}}})
+
+
+def _queued_task(app: Celery, unique: str, **options: Any) -> Any:
+    @validated_task(
+        app, shared=False, name=f"start-{unique}", unique=Unique(on=("order.id",), ttl=60, lease=5), **options
+    )
+    def checkout(payload: Checkout) -> None: ...
+
+    app.finalize()
+    return checkout
+
+
+@pytest.mark.parametrize(
+    ("case", "request_fields", "until_in"),
+    [
+        ("a first delivery, long before until: the fast path", {}, 60),
+        ("a retry", {"retries": 1}, 60),
+        ("a redelivery", {"delivery_info": {"routing_key": "q", "redelivered": True}}, 60),
+        ("within a lease of until", {}, 4),
+        ("past until", {}, -1),
+    ],
+)
+def test_only_a_first_delivery_well_before_until_starts_unchecked(
+    locked_app: Celery,
+    unique: str,
+    redis_client: redis.Redis,
+    case: str,
+    request_fields: Any,
+    until_in: float,
+) -> None:
+    """Another message holds the key: a checked start refuses to run, the fast path does not ask."""
+    checkout = _queued_task(locked_app, unique)
+    key = f"celery_kit:unique:start-{unique}:[1]"
+    redis_client.set(key, "other|token", px=60_000)
+    header = {"key": key, "token": "mine", "until": time.time() + until_in}
+    if request_fields:
+        with pytest.raises(DuplicateTaskError) as refused:
+            _start(checkout, header, **request_fields)
+        assert refused.value.existing_task_id == "other"
+        return
+    if until_in < 5:
+        with pytest.raises(DuplicateTaskError):
+            _start(checkout, header)
+        return
+    held = _start(checkout, header)  # the message vouches for its lock: nothing was read
+    assert held.conn is not None
+    checkout._unique_guard.finish(held, keep=False)  # the lease found another owner: logged
+    assert redis_client.get(key) == b"other|token"  # and the release did not touch it
+
+
+def test_a_message_without_until_is_checked(
+    locked_app: Celery, unique: str, redis_client: redis.Redis
+) -> None:
+    checkout = _queued_task(locked_app, unique)
+    key = f"celery_kit:unique:start-{unique}:[1]"
+    redis_client.set(key, "other|token", px=60_000)
+    with pytest.raises(DuplicateTaskError):
+        _start(checkout, {"key": key, "token": "mine"})  # a republish: no lock taken for it
+    with pytest.raises(DuplicateTaskError):
+        _start(checkout, None)  # published around the kit: the worker builds the key
+
+
+def test_acks_late_on_a_broker_without_redelivery_flags_is_always_checked(
+    locked_app: Celery, unique: str, redis_client: redis.Redis
+) -> None:
+    checkout = _queued_task(locked_app, unique, acks_late=True)  # kombu's memory transport
+    key = f"celery_kit:unique:start-{unique}:[1]"
+    redis_client.set(key, "other|token", px=60_000)
+    with pytest.raises(DuplicateTaskError):
+        _start(checkout, {"key": key, "token": "mine", "until": time.time() + 60})
+
+
+def test_the_fast_path_leases_its_lock_and_releases_it_in_one_exchange(
+    locked_app: Celery, unique: str, redis_client: redis.Redis
+) -> None:
+    checkout = _queued_task(locked_app, unique)
+    first = checkout.delay(order={"id": 1, "region": "eu"})
+    (message,) = published(locked_app)
+    header = message.headers[UNIQUE_HEADER]
+    assert time.time() + 59 < header["until"] <= time.time() + 60
+    key = header["key"]
+    assert redis_client.pttl(key) > 55_000  # the publish took it for ttl
+    held = _start(checkout, header, id=first.id)
+    wait_for(lambda: redis_client.pttl(key) <= 5_000)  # the lease landed, unread
+    checkout._unique_guard.finish(held, keep=False)
+    assert redis_client.get(key) is None
+
+
+def test_a_republish_drops_until_so_the_worker_checks(locked_app: Celery, unique: str) -> None:
+    checkout = _queued_task(locked_app, unique)
+    header = {"key": "k", "token": "t", "until": time.time() + 60}
+    checkout.apply_async(kwargs={"order": {"id": 1, "region": "eu"}}, headers={UNIQUE_HEADER: header})
+    (message,) = published(locked_app)
+    assert message.headers[UNIQUE_HEADER] == {"key": "k", "token": "t"}

@@ -7,25 +7,39 @@ random token per publish, so a late release or renewal never touches a newer hol
 (all four operations are check-and-set Lua scripts in ``_unique_lua/``). This module is
 the configuration half, importable without redis-py; ``_unique_lock`` is the Redis half.
 
-The life of a lock, and why each step is where it is:
+The life of a lock, and why each step is where it is (round trips waited for: ``queued``
+1 on publish, 0 at start, 1 at finish; ``running`` 0, 1, 1):
 
 * **publish** (``mode="queued"``): one script call takes the lock for ``ttl`` before the
   message is sent -- a message cannot be in the queue without its lock -- and a failed
   publish releases it. The key and token travel in the ``celery_kit_unique`` header, so the
-  worker, a retry and a redelivery all use the caller's key. ``mode="running"`` publishes
-  with the header only, no Redis call.
-* **start**: one script call claims the lock for a short ``lease`` when it is free or
-  already this message's (same task id and token: a retry, or a redelivery after the
-  worker was lost), and refuses to run a message whose key another task holds.
+  worker, a retry and a redelivery all use the caller's key; so does ``until``, the
+  publish time plus ``ttl`` (read before the lock is taken: the lock outlives it).
+  ``mode="running"`` publishes with the header only, no Redis call.
+* **start, fast path** (``queued``, first attempt, not redelivered, a ``lease`` or more
+  before ``until``): the message still holds the lock its publish took -- only its owner
+  can shorten or free it -- so nothing needs checking. The lease that bounds a kill is
+  written to a connection of its own before the body runs, and its reply is left unread:
+  once written, Redis applies it even if the process dies the next instant.
+* **start, checked** (``running``, retries, redeliveries, messages published around the
+  kit, messages that waited nearly ``ttl``): one script call claims the lock for a
+  ``lease`` when it is free or already this message's, and refuses to run a message whose
+  key another task holds.
 * **running**: a daemon thread in the process running the task renews every lease a
   third of it before it runs out. It lives in the pool process, not the worker's main
   process: when the pool process is killed (``kill -9``, OOM, hard time limit) its
   renewals stop with it and the lock expires within one lease, with no signal that must
-  arrive first, and a main process never keeps renewing for a hung child.
-* **finish**: one script call -- a retry extends the lock to ``ttl`` again (the retry
+  arrive first; the main process would learn of a start only after a message hop, and
+  would keep renewing for a hung child. So after a kill the key is free within ``lease``.
+* **finish**: one round trip -- a retry extends the lock to ``ttl`` again (the retry
   message carries the same task id and token and claims it back); every other outcome
-  releases it. A message revoked or expired before it ran is released from the worker's
-  main process (``task_revoked``); worker loss and hard time limits leave it to the lease.
+  releases it. On the fast path the finish goes on the lease's connection and both
+  replies are read together; a lease that found the lock gone is logged. A message
+  revoked or expired before it ran, or refused before any task ran (``task_rejected``),
+  is released from the worker's main process; worker loss and hard time limits leave it
+  to the lease.
+
+docs/uniqueness.md argues the choices (and the options weighed and not taken).
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import threading
 import time
@@ -51,10 +52,59 @@ class _Store:
         self.url = url
         # redis-py's pool reconnects after a fork, so one client serves every process.
         self.client = redis.Redis.from_url(url)
-        self.acquire = self.client.register_script(_script_source("acquire"))
-        self.claim = self.client.register_script(_script_source("claim"))
-        self.extend = self.client.register_script(_script_source("extend"))
-        self.release = self.client.register_script(_script_source("release"))
+        self.sources = {name: _script_source(name) for name in ("acquire", "claim", "extend", "release")}
+        self.acquire = self.client.register_script(self.sources["acquire"])
+        self.claim = self.client.register_script(self.sources["claim"])
+        self.extend = self.client.register_script(self.sources["extend"])
+        self.release = self.client.register_script(self.sources["release"])
+
+    # -- the start lease, sent at start and answered at finish (no wait at start) -----------
+
+    def send_lease(self, key: str, value: str, lease_ms: int) -> Any:
+        """Send ``extend(key, value, lease)`` on a connection of its own; do not read the reply.
+
+        Returns the connection, which holds the unread reply until :meth:`finish_after`.
+        Once this returns, the command is in the kernel's socket buffer: Redis applies it
+        even if this process is killed the next instant. ``EVAL`` with the source, not
+        ``EVALSHA``: a reply read later cannot be answered by loading the script first.
+        """
+        pool = self.client.connection_pool
+        conn: Any
+        try:
+            conn = pool.get_connection()
+        except TypeError:  # pragma: no cover - redis-py < 5.3 wants a command name
+            conn = pool.get_connection("EVAL")
+        try:
+            conn.send_command("EVAL", self.sources["extend"], 1, key, value, lease_ms)
+        except BaseException:
+            conn.disconnect()
+            pool.release(conn)
+            raise
+        return conn
+
+    def finish_after(self, conn: Any, script: str, key: str, args: tuple[Any, ...]) -> tuple[Any, Any]:
+        """Send the finish on the lease's connection and read both replies: one round trip.
+
+        Returns ``(lease reply, finish reply)``; a script error comes back as the
+        ``ResponseError`` in its place. Raises redis-py's ``ConnectionError`` or
+        ``TimeoutError`` if the connection broke meanwhile (the lease's reply is lost).
+        """
+        pool = self.client.connection_pool
+        try:
+            # No health check: a PING now would read the pending lease reply as its own.
+            conn.send_command("EVAL", self.sources[script], 1, key, *args, check_health=False)
+            replies: list[Any] = []
+            for _ in range(2):
+                try:
+                    replies.append(conn.read_response())
+                except redis.ResponseError as exc:
+                    replies.append(exc)
+        except BaseException:
+            conn.disconnect()
+            raise
+        finally:
+            pool.release(conn)
+        return replies[0], replies[1]
 
 
 _stores: dict[str, _Store] = {}
@@ -156,6 +206,13 @@ def _lookup(payload: Any, path: str) -> Any:
 class _Held:
     key: str
     value: str
+    #: The connection whose reply to the start lease is still unread (the fast path), or None.
+    conn: Any = None
+
+
+#: Brokers that mark a message redelivered after a worker loss (kombu's Redis transport
+#: sets ``redelivered`` when it restores a message; AMQP brokers always do).
+_FLAGS_REDELIVERY = ("redis", "rediss", "sentinel", "amqp", "amqps", "pyamqp", "librabbitmq")
 
 
 class UniqueGuard:
@@ -168,10 +225,20 @@ class UniqueGuard:
         self.schema = task.payload_schema
         self.ttl_ms = int(unique.ttl * 1000)
         self.lease_ms = int(unique.lease * 1000)
+        #: Whether a message of this task can come back unflagged after a worker loss
+        #: (acks_late on a broker that does not mark redeliveries): then every start checks.
+        broker = task.app.conf.broker_url or ""
+        broker = broker[0] if isinstance(broker, (list, tuple)) and broker else str(broker)
+        scheme = broker.split(";")[0].split("://")[0].split("+")[0]
+        acks_late = task.acks_late if task.acks_late is not None else task.app.conf.task_acks_late
+        self._unflagged_redelivery = bool(acks_late) and scheme not in _FLAGS_REDELIVERY
         # The wire form reveals secret fields: keep them out of Redis key names and errors.
         self._hash_keys = bool(getattr(self.schema, "has_secrets", False))
         self._check_fields()
         signals.task_revoked.connect(_release_revoked, weak=False, dispatch_uid="celery_kit.unique.revoked")
+        signals.task_rejected.connect(
+            _release_rejected, weak=False, dispatch_uid="celery_kit.unique.rejected"
+        )
 
     def _check_fields(self) -> None:
         schema, on = self.schema, self.unique.on
@@ -241,13 +308,21 @@ class UniqueGuard:
         if UNIQUE_HEADER in headers or "retries" in options:
             # A retry (Celery's ``signature_from_request``), or a republish, of a message
             # that holds its lock: same task id and token (none if it came without the header).
+            # No lock was taken for this send: without ``until`` the worker checks the lock.
+            carried = headers.get(UNIQUE_HEADER)
+            if isinstance(carried, Mapping) and "until" in carried:
+                kept = {name: part for name, part in carried.items() if name != "until"}
+                options = {**options, "headers": {**headers, UNIQUE_HEADER: kept}}
             return send(task_id or str(uuid.uuid4()), options)
         key = self.key_of(args, kwargs)
         task_id = task_id or str(uuid.uuid4())
         token = uuid.uuid4().hex
-        options = {**options, "headers": {**headers, UNIQUE_HEADER: {"key": key, "token": token}}}
+        header: dict[str, Any] = {"key": key, "token": token}
         if self.unique.mode == "running":
-            return send(task_id, options)
+            return send(task_id, {**options, "headers": {**headers, UNIQUE_HEADER: header}})
+        # Read before the lock is taken, so the lock outlives the deadline the worker reads.
+        header["until"] = math.floor((time.time() + self.unique.ttl) * 1000) / 1000
+        options = {**options, "headers": {**headers, UNIQUE_HEADER: header}}
         value = f"{task_id}|{token}"
         store = self.store
         holder = store.acquire(keys=[key], args=[value, self.ttl_ms])
@@ -275,15 +350,27 @@ class UniqueGuard:
     # -- worker side --------------------------------------------------------------------------
 
     def claim(self, task: Any, request: Any, args: Any, kwargs: Any) -> _Held:
-        """Hold the lock for this attempt, or refuse to run a duplicate."""
+        """Hold the lock for this attempt, or refuse to run a duplicate.
+
+        The fast path (``queued``, first attempt, not redelivered, well before the lock's
+        ``until``): the message still holds the lock its publish took, so nothing needs
+        checking; the lease that bounds a kill is sent now and its reply read at finish.
+        Every other start (``running``, a retry, a redelivery, a raw message, a message
+        that waited nearly ``ttl``) checks the lock in Redis before the body runs.
+        """
         header = getattr(request, UNIQUE_HEADER, None) or (request.headers or {}).get(UNIQUE_HEADER)
+        until: Any = None
         if isinstance(header, Mapping) and isinstance(header.get("key"), str):
-            key, token = header["key"], str(header.get("token") or "")
+            key, token, until = header["key"], str(header.get("token") or ""), header.get("until")
         else:  # published around the kit: the worker builds the key itself
             wire_args, wire_kwargs = self.schema.to_wire(args, kwargs) if self.schema else (args, kwargs)
             key, token = self.key_of(wire_args, wire_kwargs), ""
         value = f"{request.id}|{token}"
         store = self.store
+        if self._owns_unchecked(request, until):
+            conn = store.send_lease(key, value, self.lease_ms)
+            _renewer.hold(store, key, value, self.lease_ms)
+            return _Held(key, value, conn)
         holder = store.claim(keys=[key], args=[value, self.lease_ms])
         if holder is not None:
             error = DuplicateTaskError(self.task_name, key, _task_id_of(holder))
@@ -295,10 +382,27 @@ class UniqueGuard:
         _renewer.hold(store, key, value, self.lease_ms)
         return _Held(key, value)
 
+    def _owns_unchecked(self, request: Any, until: Any) -> bool:
+        """Whether this message is known to hold its lock without asking Redis.
+
+        Only a ``queued`` message the kit published took its lock (before it was sent); it
+        keeps it until ``until`` (its publish time plus ``ttl``) unless it started before
+        -- a retry or a redelivery, whose lease may have lapsed since. The margin of one
+        lease absorbs the time from here to Redis and clock differences between the caller
+        and the worker.
+        """
+        if self.unique.mode != "queued" or isinstance(until, bool) or not isinstance(until, (int, float)):
+            return False
+        if request.retries or (request.delivery_info or {}).get("redelivered") or self._unflagged_redelivery:
+            return False
+        return time.time() < until - self.unique.lease
+
     def finish(self, held: _Held, keep: bool) -> None:
-        """Keep the lock for a retry (back to ``ttl``), or release it: one script call."""
+        """Keep the lock for a retry (back to ``ttl``), or release it: one round trip."""
         _renewer.drop(held.key, held.value)
         store = self.store
+        if held.conn is not None and self._finish_after_lease(store, held, keep):
+            return
         try:
             if keep:
                 store.extend(keys=[held.key], args=[held.value, self.ttl_ms])
@@ -312,6 +416,35 @@ class UniqueGuard:
                 exc,
                 self.unique.lease,
             )
+
+    def _finish_after_lease(self, store: _Store, held: _Held, keep: bool) -> bool:
+        """The fast path's finish: on the lease's connection, so both replies come in one wait.
+
+        Returns False if the connection broke meanwhile (a long task and a server
+        ``timeout``): the caller then finishes with a plain script call.
+        """
+        script, args = ("extend", (held.value, self.ttl_ms)) if keep else ("release", (held.value,))
+        try:
+            leased, finished = store.finish_after(held.conn, script, held.key, args)
+        except (redis.ConnectionError, redis.TimeoutError):
+            return False
+        if isinstance(finished, redis.ResponseError):
+            logger.warning(
+                "unique-task lock %s not %s (%s): it expires within %ss",
+                held.key,
+                "kept" if keep else "released",
+                finished,
+                self.unique.lease,
+            )
+        if leased != 1:
+            # The lock lapsed while the message waited (a queue near ttl, a failover).
+            logger.warning(
+                "unique-task lock %s was not this task's when it started (%s): another task "
+                "for its key may have run meanwhile; raise ttl above the longest queue wait",
+                held.key,
+                leased,
+            )
+        return True
 
     def release_header(self, request: Any) -> None:
         """Release the lock a message carries (revoked or expired before it finished)."""
@@ -351,6 +484,25 @@ def _release_revoked(sender: Any = None, request: Any = None, **_: Any) -> None:
     guard = getattr(sender, "_unique_guard", None)
     if guard is not None and request is not None:
         guard.release_header(request)
+
+
+def _release_rejected(sender: Any = None, message: Any = None, **_: Any) -> None:
+    """A message the worker refused before any task ran (never requeued): free its lock."""
+    headers = getattr(message, "headers", None)
+    app = getattr(sender, "app", None)
+    if not isinstance(headers, Mapping) or app is None or not isinstance(headers.get("task"), str):
+        return
+    guard = getattr(app.tasks.get(headers["task"]), "_unique_guard", None)
+    if isinstance(guard, UniqueGuard) and isinstance(headers.get("id"), str):
+        guard.release_header(_HeaderRequest(headers["id"], headers))
+
+
+@dataclass(frozen=True)
+class _HeaderRequest:
+    """What :meth:`UniqueGuard.release_header` reads of a request, from a message's headers."""
+
+    id: str
+    headers: Mapping[str, Any]
 
 
 def guarded_run(run: Callable[..., Any]) -> Callable[..., Any]:

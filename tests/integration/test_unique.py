@@ -6,6 +6,8 @@ private Redis of the module, so the tests can count the lock's round trips.
 
 from __future__ import annotations
 
+import contextlib
+import datetime
 import json
 import multiprocessing
 import os
@@ -21,13 +23,15 @@ import redis
 from celery import Celery
 from prometheus_client import CollectorRegistry
 
-from celery_kit import DuplicateTaskError, PayloadValidationError, dispatcher_for
+from celery_kit import DuplicateTaskError, MessageRejectedError, PayloadValidationError, dispatcher_for
+from celery_kit._unique import UNIQUE_HEADER
 from celery_kit.metrics import MetricsObserver, TaskMetrics
 from celery_kit.testing import WorkerProcess, read_metric
 
 from .._brokers import PrivateRedis, drop_queue
 from .._support import free_port, wait_for
 from ..conftest import RUN_ID
+from .redis_probes import CommandLog, LatencyProxy
 from .unique_app import LEASE, build_app, publish_burst
 
 pytestmark = pytest.mark.integration
@@ -58,9 +62,10 @@ class UniqueWorker:
     def lock_ttl_ms(self, task: str, user_id: str) -> int:
         return int(self.locks.pttl(f"celery_kit:unique:{task}:{json.dumps([user_id])}"))
 
-    def script_calls(self) -> int:
+    def commands(self) -> int:
+        """Commands the lock store has run, all clients but this one's ``INFO`` calls."""
         stats = self.locks.info("commandstats")
-        return sum(int(stats.get(f"cmdstat_{name}", {}).get("calls", 0)) for name in ("evalsha", "eval"))
+        return sum(int(entry["calls"]) for name, entry in stats.items() if name != "cmdstat_info")
 
 
 @pytest.fixture(scope="module")
@@ -100,6 +105,71 @@ def unique_worker(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> I
             state.delete(key)
         state.close()
         lock_store.stop()
+
+
+@dataclass
+class SlowLockWorker:
+    """A worker whose lock store answers through a :class:`LatencyProxy`."""
+
+    unique: UniqueWorker
+    proxy: LatencyProxy
+    log: CommandLog
+
+
+@pytest.fixture(scope="module")
+def slow_lock_worker(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SlowLockWorker]:
+    lock_store = PrivateRedis(tmp_path_factory.mktemp("slow-locks"))
+    lock_store.start()
+    proxy = LatencyProxy(lock_store.port)
+    prefix = f"kit-unique-slow-{RUN_ID}"
+    queue = f"{prefix}-tasks"
+    urls = (redis_url, redis_url, queue, proxy.url, prefix)
+    app = build_app(*urls)
+    worker = WorkerProcess(
+        "tests.integration.unique_app",
+        queues=[queue],
+        pool="prefork",
+        concurrency=1,
+        cwd=ROOT,
+        env={
+            "KIT_UNIQUE_BROKER_URL": redis_url,
+            "KIT_UNIQUE_BACKEND_URL": redis_url,
+            "KIT_UNIQUE_QUEUE": queue,
+            "KIT_UNIQUE_LOCK_URL": proxy.url,
+            "KIT_UNIQUE_PREFIX": prefix,
+            "KIT_UNIQUE_METRICS_PORT": str(free_port()),
+            "PYTHONPATH": str(ROOT),
+        },
+    )
+    state = redis.Redis.from_url(redis_url)
+    try:
+        worker.start()
+        log = CommandLog(lock_store.port)
+        try:
+            yield SlowLockWorker(
+                UniqueWorker(app, worker, state, lock_store.client(), prefix, urls, 0), proxy, log
+            )
+        finally:
+            log.close()
+    finally:
+        worker.stop()
+        worker.remove_log()
+        drop_queue(app, queue)
+        for key in state.scan_iter(f"{prefix}:*"):
+            state.delete(key)
+        state.close()
+        proxy.close()
+        lock_store.stop()
+
+
+@contextlib.contextmanager
+def _parked_queue(w: UniqueWorker) -> Iterator[str]:
+    """A queue of the broker that no worker reads, deleted afterwards."""
+    parked = f"{w.prefix}-parked-{os.urandom(3).hex()}"
+    try:
+        yield parked
+    finally:
+        drop_queue(w.app, parked)
 
 
 def _text(value: bytes | str) -> str:
@@ -162,23 +232,97 @@ def test_a_raw_message_keeps_its_lock_across_a_retry(unique_worker: UniqueWorker
     assert w.lock("unique.flaky", user) is None
 
 
-def test_the_lock_costs_one_script_call_on_publish_one_at_start_and_one_at_finish(
+#: How long each reply of the lock store takes through the proxy: a round trip's unit.
+DELAY = 1.5
+
+
+@pytest.mark.parametrize(
+    ("mode", "waits", "commands"),
+    [
+        ("queued", {"publish": 1, "start": 0, "finish": 1}, 3),  # acquire; lease sent, not awaited; release
+        ("running", {"publish": 0, "start": 1, "finish": 1}, 2),  # claim; release
+    ],
+)
+def test_round_trips_per_task_measured_through_a_slow_lock_store(
+    slow_lock_worker: SlowLockWorker, mode: str, waits: dict[str, int], commands: int
+) -> None:
+    """Every reply of the lock store is 1.5 s late: the time each step takes counts its waits."""
+    w, proxy, log = slow_lock_worker.unique, slow_lock_worker.proxy, slow_lock_worker.log
+    task = w.app.tasks[f"unique.timed_{mode}"]
+    for _ in range(2):  # connections opened and scripts loaded: a steady state is measured
+        task.delay(user_id=_user("warm")).get(timeout=30)
+    user = _user(f"rt-{mode}")
+    proxy.delay = DELAY
+    try:
+        with _parked_queue(w) as parked:  # a publish alone: no worker reads this queue
+            clock = time.time()
+            task.apply_async(kwargs={"user_id": _user("parked")}, queue=parked)
+            parked_window = (clock, time.time())
+        begin = time.time()
+        result = task.delay(user_id=user)
+        published, published_at = time.time() - begin, time.time()
+        assert result.get(timeout=30) == user
+        task_window = (begin, time.time())
+    finally:
+        proxy.delay = 0.0
+    log.sync()
+    (stamps,) = [_text(raw).split() for raw in w.state.lrange(f"{w.prefix}:timed:{user}", 0, -1)]
+    started, ended = (float(stamp) for stamp in stamps)
+    done = result.date_done
+    done_at = (done if done.tzinfo else done.replace(tzinfo=datetime.timezone.utc)).timestamp()
+    measured = {
+        "publish": published / DELAY,  # delay() returned
+        "start": (started - published_at) / DELAY,  # from then to the body's first line
+        "finish": (done_at - ended) / DELAY,  # from its last line to the stored result
+    }
+    assert {step: int(value) for step, value in measured.items()} == waits, measured
+    assert len(log.commands(*parked_window)) == waits["publish"]  # a publish alone
+    assert len(log.commands(*task_window)) == commands, log.commands(*task_window)
+
+
+def test_a_redelivered_message_whose_key_was_taken_meanwhile_does_not_run(
     unique_worker: UniqueWorker,
 ) -> None:
+    """As kombu restores a message after a worker loss: ``redelivered`` set, the lock lapsed."""
     w = unique_worker
     hold = w.app.tasks["unique.hold"]
-    warm = _user("warm")  # loads the scripts into the lock store (EVALSHA's first NOSCRIPT)
-    w.go(warm)
-    hold.delay(user_id=warm).get(timeout=30)
-    w.go(warm)
-    hold.delay(user_id=warm).get(timeout=30)
-    user = _user("rt")
-    w.go(user)  # the task will not wait: it ends long before its first renewal
-    before = w.script_calls()
-    result = hold.delay(user_id=user, wait=0.1)
-    assert w.script_calls() - before == 1  # publish: acquire
-    result.get(timeout=30)
-    assert w.script_calls() - before == 3  # worker: claim + release
+    user = _user("lapsed")
+    with _parked_queue(w) as parked:  # no worker reads it
+        original = hold.apply_async(kwargs={"user_id": user, "wait": 1}, queue=parked)
+        assert w.lock("unique.hold", user) is not None
+        w.locks.delete(f"celery_kit:unique:unique.hold:{json.dumps([user])}")  # its lease ran out
+        taker = hold.delay(user_id=user)  # another message takes the key and runs
+        wait_for(lambda: w.started(user))
+        raw = w.state.rpop(parked)
+    assert isinstance(raw, bytes)
+    message = json.loads(raw)
+    assert message["headers"][UNIQUE_HEADER]["until"] > time.time()  # the fast path would run it
+    message["properties"]["delivery_info"].update(routing_key=w.urls[2], redelivered=True)
+    message["headers"]["redelivered"] = True
+    w.state.lpush(w.urls[2], json.dumps(message))
+    with pytest.raises(DuplicateTaskError) as refused:  # the redelivery checked the lock first
+        original.get(timeout=30)
+    assert refused.value.existing_task_id == taker.id
+    w.go(user)
+    assert taker.get(timeout=30) == user
+    assert [task_id for task_id, _ in w.started(user)] == [taker.id]
+
+
+def test_a_message_the_worker_refuses_releases_its_lock(
+    unique_worker: UniqueWorker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    w = unique_worker
+    flaky = w.app.tasks["unique.flaky"]
+    user = _user("refused")
+    # Celery's typing=False: the caller checks nothing, so the lock is taken and a payload
+    # above the worker's cap is sent; the worker refuses it before any task runs.
+    monkeypatch.setattr(flaky, "typing", False)
+    refused = flaky.delay(user_id=user, note="x" * 300_000)
+    assert w.lock("unique.flaky", user) is not None
+    with pytest.raises(MessageRejectedError):
+        refused.get(timeout=30)
+    wait_for(lambda: w.lock("unique.flaky", user) is None, timeout=10)  # not the 120 s ttl
+    assert w.started(user) == []
 
 
 def test_a_retry_keeps_the_lock_and_the_final_outcome_releases_it(unique_worker: UniqueWorker) -> None:

@@ -131,6 +131,23 @@ def build_app(
         hold(payload.user_id, payload.wait)
         return payload.user_id
 
+    def timed(self: Any, payload: Account) -> str:
+        started = time.time()
+        time.sleep(0.05)
+        ended = time.time()
+        state.rpush(f"{prefix}:timed:{payload.user_id}", f"{started} {ended}")
+        return payload.user_id
+
+    # A lease far above the run: no renewal adds a round trip to the counts.
+    for mode in ("queued", "running"):
+        validated_task(
+            app,
+            shared=False,
+            name=f"unique.timed_{mode}",
+            bind=True,
+            unique=Unique(on=("user_id",), ttl=TTL, lease=60, mode=mode),
+        )(timed)
+
     return app
 
 
