@@ -59,6 +59,7 @@ __all__ = [
     "classify",
     "connect",
     "connect_logging",
+    "connect_unique",
     "disconnect",
     "dispatcher_for",
     "report_main_process_failure",
@@ -469,6 +470,17 @@ def disconnect() -> None:
         _attempts.clear()
         _connected = False
     connect_logging(False)
+
+
+def connect_unique(on_revoked: Callable[..., Any], on_rejected: Callable[..., Any]) -> None:
+    """Connect the unique-lock releases (idempotent): done when a unique task is bound.
+
+    A revoked or refused message never finishes, so its lock is released from these
+    signals. They belong to the task class, not to an instrumentation: an app that
+    only validates has them too, and :func:`disconnect` leaves them connected.
+    """
+    signals.task_revoked.connect(on_revoked, weak=False, dispatch_uid="celery_kit.unique.revoked")
+    signals.task_rejected.connect(on_rejected, weak=False, dispatch_uid="celery_kit.unique.rejected")
 
 
 def connect_logging(wanted: bool) -> None:

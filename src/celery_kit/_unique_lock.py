@@ -20,10 +20,10 @@ from importlib import resources
 from typing import Any
 
 import redis
-from celery import signals
 from celery.exceptions import Ignore, Reject, Retry
 from pydantic import ValidationError
 
+from ._bridge import connect_unique
 from ._dispatch import dispatcher_of
 from ._errors import ConfigurationError, DuplicateTaskError
 from ._events import Classification, EventType, FailureKind, TaskEvent
@@ -235,10 +235,7 @@ class UniqueGuard:
         # The wire form reveals secret fields: keep them out of Redis key names and errors.
         self._hash_keys = bool(getattr(self.schema, "has_secrets", False))
         self._check_fields()
-        signals.task_revoked.connect(_release_revoked, weak=False, dispatch_uid="celery_kit.unique.revoked")
-        signals.task_rejected.connect(
-            _release_rejected, weak=False, dispatch_uid="celery_kit.unique.rejected"
-        )
+        connect_unique(_release_revoked, _release_rejected)
 
     def _check_fields(self) -> None:
         schema, on = self.schema, self.unique.on
