@@ -311,9 +311,7 @@ def uninstrument(app: Celery) -> None:
     remaining = known_apps()
     if not remaining:
         _bridge.disconnect()
-    elif not any(
-        getattr(getattr(a, "_celery_kit_instrumentation", None), "logging", False) for a in remaining
-    ):
+    elif not any(_logs(a) for a in remaining):
         _bridge.connect_logging(False)
 
 
