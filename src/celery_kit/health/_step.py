@@ -92,6 +92,8 @@ class WorkerHeart:
         self._lock = threading.Lock()
         self._write_failed = False
         self._watcher: threading.Thread | None = None
+        #: The ``executing`` entry the watcher wrote, until the task ends.
+        self._written_task: dict[str, Any] | None = None
         self._task_started = threading.Event()
 
     # -- transitions ------------------------------------------------------------------------
@@ -145,9 +147,14 @@ class WorkerHeart:
         self._watch()
 
     def task_finished(self) -> None:
-        """Solo pool only: back in the loop (this is also a beat; the loop's next beat writes)."""
+        """Solo pool only: back in the loop (this is also a beat). A task the file shows as
+        executing is written off at once -- a probe must not see a finished task near its
+        limit as a stalled pool; a short one the file never showed waits for the next beat."""
         self.executing = None
         self.last_beat = time.monotonic()
+        if self._written_task is not None:
+            self._written_task = None
+            self.write()
 
     def _watch(self) -> None:
         if self._watcher is None or not self._watcher.is_alive():
@@ -164,6 +171,7 @@ class WorkerHeart:
             started = self.executing
             time.sleep(EXECUTING_WRITE_DELAY)
             if started is not None and self.executing is started:
+                self._written_task = started
                 self.write()
 
     # -- measuring and writing --------------------------------------------------------------
