@@ -87,7 +87,17 @@ def _restart_under_load(
 
     # Wait for all but ``may_lose`` tasks; then past the visibility timeout (8 s) and a
     # restore sweep, so a straggler restored from the unacked hash is not counted as lost.
-    wait_for(lambda: len(set(producer.sent) - set(rig.ledger.completed())) <= may_lose, timeout=180)
+    try:
+        wait_for(lambda: len(set(producer.sent) - set(rig.ledger.completed())) <= may_lose, timeout=180)
+    except AssertionError:
+        missing = set(producer.sent) - set(rig.ledger.completed())
+        logs = "".join(worker.log() for worker in rig.workers)
+        seen = sorted(task_id for task_id in missing if task_id in logs)
+        raise AssertionError(
+            f"{len(missing)} of {len(producer.sent)} sent tasks never completed "
+            f"({rig.ledger.completed_count() - down_at} completed after the restart); "
+            f"{len(seen)} of them appear in the worker's log: {seen[:5]}; worker log tail:\n" + logs[-4000:]
+        ) from None
     if set(producer.sent) - set(rig.ledger.completed()):
         time.sleep(15)
     missing = set(producer.sent) - set(rig.ledger.completed())
