@@ -351,7 +351,7 @@ def test_context_keys_that_name_a_log_record_attribute_do_not_lose_the_line(app:
     logger = logging.getLogger("celery_kit.tasks")
     handler, level = Collect(), logger.level
     logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
+    logger.setLevel(logging.DEBUG)  # the level of ``task enqueued``
     dispatcher_for(app).subscribe(observer := LoggingObserver())
 
     @validated_task(app, shared=False, name="l.record_keys")
