@@ -99,7 +99,11 @@ class LoggingObserver(Observer):
 
     def on_published(self, event: TaskEvent) -> None:
         self.lines.log(
-            logging.DEBUG, "task enqueued", task_name=event.task_name, task_id=event.task_id, queue=event.queue
+            logging.DEBUG,
+            "task enqueued",
+            task_name=event.task_name,
+            task_id=event.task_id,
+            queue=event.queue,
         )
 
     def on_refused(self, event: TaskEvent) -> None:
