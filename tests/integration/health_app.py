@@ -43,9 +43,12 @@ def build_app(
     def sleep(seconds: float) -> None:
         time.sleep(seconds)
 
-    @validated_task(app, name="health.limited", shared=False, time_limit=2)
-    def limited(seconds: float) -> None:
-        time.sleep(seconds)
+    @validated_task(app, name="health.limited", shared=False, time_limit=4)
+    def limited(gate: str) -> None:
+        """Run past its limit (which a solo worker cannot enforce) until ``gate`` exists (60 s at most)."""
+        deadline = time.monotonic() + 60
+        while not os.path.exists(gate) and time.monotonic() < deadline:
+            time.sleep(0.05)
 
     @validated_task(app, name="health.hold", shared=False, acks_late=True, soft_time_limit=90, time_limit=120)
     def hold(gate: str) -> None:

@@ -222,21 +222,25 @@ def test_solo_task_is_busy_within_its_limit_and_fails_live_past_it(redis_url: st
     file = ("--file", str(hw.state_file))
     try:
         becomes(0, "worker", "ready", *file)
-        hw.app.tasks["health.limited"].delay(6)  # time_limit=2, which solo cannot enforce
+        gate = tmp_path / "limited.gate"
+        # time_limit=4, which solo cannot enforce; the task runs until the gate exists, so
+        # a slow machine cannot end it before the test has seen each state.
+        hw.app.tasks["health.limited"].delay(str(gate))
         wait_until(lambda: bool(hw.state()["executing"]), timeout=20)
         executing = hw.state()["executing"]
         assert executing["task"] == "health.limited"
-        assert executing["time_limit"] == 2
-        # The loop is blocked by the task, past --max-age: busy, not dead.
+        assert executing["time_limit"] == 4
+        # The loop is blocked by the task, past --max-age: busy, not dead (within 4 + 1 s).
         wait_until(
             lambda: run_probe("worker", "live", *file, "--max-age", "0.5")[1]["reason"].startswith("busy")
         )
         code, answer = worker_probe(hw, "live", "--max-age", "0.5", "--limit-slack", "1")
-        if code != 3:  # still within 2 + 1 s of the start
+        if code != 3:  # still within 4 + 1 s of the start
             assert code == 0, answer
         answer = becomes(3, "worker", "live", *file, "--max-age", "0.5", "--limit-slack", "1", timeout=20)
-        assert "past its time limit of 2s" in answer["reason"]
-        # The task ends (6 s); the loop beats again.
+        assert "past its time limit of 4s" in answer["reason"]
+        # The task ends; the loop beats again.
+        gate.touch()
         becomes(0, "worker", "live", *file, "--max-age", "2", "--limit-slack", "1", timeout=30)
         assert hw.state()["executing"] is None
     finally:
