@@ -814,7 +814,7 @@ Per attempt, `kit_full` does on top of validation:
 Per publish `kit_full` adds a counter, the publish time header and the propagated
 context header, and a `task enqueued` line at `DEBUG` only: plain Celery writes no line
 per publish, and at `INFO` that line cost a producer about 80 µs of CPU per `delay()`
-through the standard library's logging, about a third of a publish. Turn off what you
+through the standard library's logging, more than a quarter of a publish. Turn off what you
 do not need (`instrument(app, logging=False)`), or raise the log level to `WARNING` to
 keep only problems.
 
