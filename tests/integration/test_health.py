@@ -220,9 +220,9 @@ def test_solo_task_is_busy_within_its_limit_and_fails_live_past_it(redis_url: st
     queue = f"kit-{RUN_ID}-health-solo"
     hw = start_health_worker(redis_url, queue, tmp_path, pool="solo", concurrency=1)
     file = ("--file", str(hw.state_file))
+    gate = tmp_path / "limited.gate"
     try:
         becomes(0, "worker", "ready", *file)
-        gate = tmp_path / "limited.gate"
         # time_limit=4, which solo cannot enforce; the task runs until the gate exists, so
         # a slow machine cannot end it before the test has seen each state.
         hw.app.tasks["health.limited"].delay(str(gate))
@@ -244,6 +244,7 @@ def test_solo_task_is_busy_within_its_limit_and_fails_live_past_it(redis_url: st
         becomes(0, "worker", "live", *file, "--max-age", "2", "--limit-slack", "1", timeout=30)
         assert hw.state()["executing"] is None
     finally:
+        gate.touch()  # a failed assertion must not leave the worker blocked in the task
         hw.worker.stop()
         delete_queue(hw.app, queue)
 
