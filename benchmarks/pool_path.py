@@ -56,7 +56,6 @@ def measure(variant: str, tasks: int, rounds: int, log_path: str) -> list[float]
 
     app = build(variant, "memory://", QUEUE, None, "")
     kit_logs = variant in ("kit_full", "kit+logging")
-    log = open(log_path, "a", encoding="utf-8")  # noqa: SIM115 -- lives with the process
     worker = _Worker(app)
     instrumented = variant == "kit_full" or variant.startswith("kit+")
     if instrumented:
@@ -64,7 +63,9 @@ def measure(variant: str, tasks: int, rounds: int, log_path: str) -> list[float]
         signals.celeryd_init.send(sender=HOSTNAME, instance=worker, conf=app.conf, options=options)
         signals.setup_logging.send(sender=None, loglevel="INFO", logfile=log_path, format="", colorize=False)
         signals.worker_init.send(sender=worker)
+    log = None
     if not kit_logs:
+        log = open(log_path, "a", encoding="utf-8")  # noqa: SIM115 -- closed at the end
         ProcessLogging(log).use(variant)  # Celery's own handler, as `celery worker -l INFO`
     setup_worker_optimizations(app, HOSTNAME)
     signals.worker_process_init.send(sender=None)
@@ -107,7 +108,13 @@ def measure(variant: str, tasks: int, rounds: int, log_path: str) -> list[float]
     if instrumented:  # the kit removes its multiprocess metrics directory
         signals.worker_process_shutdown.send(sender=None, pid=os.getpid(), exitcode=0)
         signals.worker_shutdown.send(sender=worker)
-    log.close()
+    if log is not None:
+        log.close()
+    # Measured with the logging its worker has, or not at all: the kit's JSON line, or
+    # Celery's own (a variant whose line went nowhere would look cheaper than it is).
+    line = '"task succeeded"' if kit_logs else "succeeded in"
+    if line not in Path(log_path).read_text(encoding="utf-8"):
+        raise RuntimeError(f"{variant} wrote no {line} line to {log_path}")
     return per_round
 
 

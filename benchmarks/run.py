@@ -211,11 +211,12 @@ PER_TASK_LINE = {
     "kit": "succeeded in",
     "kit_full": '"task succeeded"',  # the kit's JSON line (instrument() turns Celery's off)
     UNIQUE: '"task succeeded"',
-    # The one-part breakdowns (``kit+<part>``, measured by hand): only logging writes lines.
+    # The one-part breakdowns (``kit+<part>``, measured by hand): with ``logging=False`` the
+    # worker keeps Celery's own logging and its line.
     "kit+logging": '"task succeeded"',
-    "kit+metrics": "",
-    "kit+alerts": "",
-    "kit+health": "",
+    "kit+metrics": "succeeded in",
+    "kit+alerts": "succeeded in",
+    "kit+health": "succeeded in",
 }
 
 
@@ -822,11 +823,13 @@ keep only problems.
 (Celery's `fast_trace_task` on real messages, in a process set up by the worker signals
 the kit listens to) in a loop, without the broker, the pipe or a busy machine's noise. On
 2026-12-08 (CPU µs per task, median of 7 rounds of 5,000; the task body counted
-nothing): plain 47.0, `kit` 50.6, `kit+alerts` 59.7 (the signals and events every part
-needs), `kit+health` 70.8, `kit+metrics` 83.6, `kit+logging` 81.6 (its two lines in place
-of Celery's one), `kit_full` 96.4. End to end the same work costs about twice as much: a
-pool process waiting for its next task starts it with cold caches (timed inside
-`fast_trace_task` on a real worker, `kit_full` added 90-120 µs per task).
+nothing): plain 47.0, `kit` 50.6, `kit+alerts` 59.7 (Celery's two signals and the
+bridge's bookkeeping: the alert observer reads failures only, so no event is built for a
+success), `kit+health` 70.8 (the two events of each attempt, too), `kit+metrics` 83.6,
+`kit+logging` 81.6 (its two lines in place of Celery's one), `kit_full` 96.4. End to end
+the same work costs about twice as much: a pool process waiting for its next task starts
+it with cold caches (timed inside `fast_trace_task` on a real worker, `kit_full` added
+90-120 µs per task).
 
 In-process, these add up to more than a tenth of a bare `apply()`, which is why the old
 in-process target was retired. End to end, the per-attempt work runs in the pool

@@ -89,6 +89,39 @@ def test_a_variant_process_runs_once_on_request(variant: str) -> None:
         assert done.returncode == 0, done.stderr
 
 
+def test_the_pool_path_runs_each_variant_under_its_workers_logging() -> None:
+    """benchmarks/pool_path.py: a row per variant, measured only if the variant wrote its
+    per-task line (the kit's JSON line, or Celery's own) through the worker's logging."""
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, (str(ROOT), os.environ.get("PYTHONPATH")))),
+    }
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.pool_path",
+            "plain",
+            "kit+metrics",
+            "kit_full",
+            "--tasks",
+            "20",
+            "--rounds",
+            "1",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    rows = {line.split("|")[1].strip(): float(line.split("|")[2]) for line in done.stdout.splitlines()[2:]}
+    assert set(rows) == {"plain", "kit+metrics", "kit_full"}, done.stdout
+    assert all(value > 0 for value in rows.values()), done.stdout
+
+
 def test_an_unknown_instrument_part_is_refused() -> None:
     done = _run_variant("kit+tracing", "--run", "apply", "--calls", "1")
     assert done.returncode != 0
