@@ -71,8 +71,12 @@ def test_each_variant_runs_under_the_logging_its_worker_has() -> None:
 
 
 def _run_variant(*arguments: str) -> subprocess.CompletedProcess[str]:
+    return _run_benchmark("benchmarks.variant_process", *arguments)
+
+
+def _run_benchmark(module: str, *arguments: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "benchmarks.variant_process", *arguments],
+        [sys.executable, "-m", module, *arguments],
         cwd=ROOT,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
         capture_output=True,
@@ -92,29 +96,8 @@ def test_a_variant_process_runs_once_on_request(variant: str) -> None:
 def test_the_pool_path_runs_each_variant_under_its_workers_logging() -> None:
     """benchmarks/pool_path.py: a row per variant, measured only if the variant wrote its
     per-task line (the kit's JSON line, or Celery's own) through the worker's logging."""
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join(filter(None, (str(ROOT), os.environ.get("PYTHONPATH")))),
-    }
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "benchmarks.pool_path",
-            "plain",
-            "kit+metrics",
-            "kit_full",
-            "--tasks",
-            "20",
-            "--rounds",
-            "1",
-        ],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
+    done = _run_benchmark(
+        "benchmarks.pool_path", "plain", "kit+metrics", "kit_full", "--tasks", "20", "--rounds", "1"
     )
     assert done.returncode == 0, done.stderr
     rows = {line.split("|")[1].strip(): float(line.split("|")[2]) for line in done.stdout.splitlines()[2:]}
